@@ -1,0 +1,70 @@
+"""The `delia` command. Subcommands are modules in delia_dist.commands that define
+NAME ("data shard"), HELP, add_arguments(parser) and run(args) -> int; they import
+heavy libraries inside run() so `delia --help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import commands
+from .config.errors import ConfigError
+
+
+class UserError(Exception):
+    """An expected failure (bad input, missing file): printed as one line, exit code 2."""
+
+
+def _command_modules():
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            yield importlib.import_module(f"{commands.__name__}.{info.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="delia",
+        description="DELIA instruction tuning at scale: generate and shard data, mix it by "
+                    "token budget, train under DeepSpeed ZeRO-3, track in MLflow, evaluate.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="command", metavar="COMMAND")}
+    parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
+    for module in _command_modules():
+        words = tuple(module.NAME.split())
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in parsers:
+                group_parser = groups[prefix[:-1]].add_parser(
+                    prefix[-1], help=f"{' '.join(prefix)} commands")
+                parsers[prefix] = group_parser
+                groups[prefix] = group_parser.add_subparsers(dest=f"cmd_{depth}", metavar="COMMAND")
+                group_parser.set_defaults(_group=group_parser)
+        sub = groups[words[:-1]].add_parser(
+            words[-1], help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "_run", None)
+    if run is None:
+        (getattr(args, "_group", None) or parser).print_help()
+        return 2
+    try:
+        return int(run(args) or 0)
+    except (ConfigError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

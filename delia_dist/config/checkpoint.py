@@ -1,0 +1,24 @@
+"""Checkpoint section."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import ConfigValueError
+
+
+@dataclass
+class CheckpointConfig:
+    # Defaults to <run_dir>/checkpoints.
+    dir: Optional[str] = None
+    every_steps: int = 500
+    keep_last: int = 3
+    # auto: newest complete checkpoint if any; none: start fresh; or a checkpoint path.
+    resume: str = "auto"
+    save_on_exit: bool = True
+
+    def validate(self) -> None:
+        if self.every_steps < 1:
+            raise ConfigValueError("every_steps", "must be >= 1")
+        if self.keep_last < 1:
+            raise ConfigValueError("keep_last", "must be >= 1 (the newest checkpoint is always kept)")

@@ -1,0 +1,67 @@
+"""Data section: sources mixed by token share, sequence length, packing, shuffling."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from .errors import ConfigValueError
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    # Shard spec: a glob, a brace pattern ("shard-{000000..000099}.tar"), a manifest.json
+    # written by `delia data shard`, or any URL webdataset reads (pipe:, s3 via pipe:).
+    shards: str
+    # Target share of training *tokens* (not samples) drawn from this source.
+    weight: float
+    kind: Literal["diverse", "downstream"] = "diverse"
+    # What happens when the source runs dry: start another epoch (up to max_epochs) or end the run.
+    on_exhausted: Literal["repeat", "stop"] = "repeat"
+    max_epochs: Optional[int] = None
+    # Paraphrased task instructions (from `delia data diversify`); one is drawn per sample.
+    paraphrases: Optional[str] = field(default=None, metadata={"path": "exists"})
+
+    def validate(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigValueError("weight", f"must be within [0, 1], got {self.weight}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigValueError("max_epochs", "must be >= 1 or null (unlimited)")
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    seq_len: int = 2048
+    # Total training tokens; the trainer derives the step count from it when train.max_steps is unset.
+    token_budget: Optional[int] = None
+    shuffle_shards: bool = True
+    shuffle_buffer: int = 10_000
+    pack: Literal["best_fit", "none"] = "best_fit"
+    pack_buffer: int = 64
+    # Allow a sample to continue in the next sequence; off keeps samples whole (DELIA default).
+    split_samples: bool = False
+    overlong: Literal["truncate", "skip"] = "truncate"
+    # Each source's token share stays within this of its weight over any window of mix_window sequences.
+    mix_tolerance: float = 0.02
+    mix_window: int = 2000
+    num_workers: int = 0
+    seed: int = 1234
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ConfigValueError("sources", "at least one data source is required")
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigValueError("sources", f"duplicate source names: {sorted(dup)}")
+        total = sum(s.weight for s in self.sources)
+        if abs(total - 1.0) > 1e-6:
+            shares = ", ".join(f"{s.name}={s.weight:g}" for s in self.sources)
+            raise ConfigValueError("sources", f"weights must sum to 1, got {total:g} ({shares})")
+        if self.seq_len < 8:
+            raise ConfigValueError("seq_len", f"must be >= 8, got {self.seq_len}")
+        if self.token_budget is not None and self.token_budget <= 0:
+            raise ConfigValueError("token_budget", "must be positive")
+        if not 0 < self.mix_tolerance < 1:
+            raise ConfigValueError("mix_tolerance", "must be in (0, 1)")

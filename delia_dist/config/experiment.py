@@ -1,0 +1,25 @@
+"""Experiment matrix: named runs, each a set of overrides on the base config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import ConfigValueError
+
+
+@dataclass
+class RunSpec:
+    name: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentConfig:
+    runs: list[RunSpec] = field(default_factory=list)
+    backend: Literal["local", "slurm"] = "local"
+    nproc: int = 2
+
+    def validate(self) -> None:
+        names = [r.name for r in self.runs]
+        if len(set(names)) != len(names):
+            raise ConfigValueError("runs", f"duplicate run names in {names}")

