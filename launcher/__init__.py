@@ -1,0 +1,1 @@
+"""Process launch: turns Slurm / torchrun / a plain process into one DistEnv and starts the trainer."""
