@@ -28,7 +28,7 @@ class _Lines(dict):
 
 
 def _to_python(node: yaml.Node, path: str, source: str, lines: _Lines) -> Any:
-    lines[path] = (source, node.start_mark.line + 1)
+    lines.setdefault(path, (source, node.start_mark.line + 1))  # a key's own line wins
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
