@@ -45,8 +45,16 @@ class DataConfig:
     # Each source's token share stays within this of its weight over any window of mix_window sequences.
     mix_tolerance: float = 0.02
     mix_window: int = 2000
+    # Reader slots per rank (like DataLoader workers, read in turn in-process): shards are
+    # split across ranks x workers, and the stream state keeps each slot's position.
     num_workers: int = 0
     seed: int = 1234
+    # A malformed record (bad JSON, missing member, ids/mask mismatch, id out of range) is a
+    # counted, logged skip, or an error naming the shard and member.
+    bad_records: Literal["skip", "error"] = "skip"
+    # A corrupt or unreadable shard (truncated tar, bad gzip, failing pipe) stops the run
+    # naming the file, or its remainder is dropped and counted.
+    bad_shards: Literal["error", "skip"] = "error"
 
     def validate(self) -> None:
         if not self.sources:
@@ -63,5 +71,9 @@ class DataConfig:
             raise ConfigValueError("seq_len", f"must be >= 8, got {self.seq_len}")
         if self.token_budget is not None and self.token_budget <= 0:
             raise ConfigValueError("token_budget", "must be positive")
+        if self.num_workers < 0:
+            raise ConfigValueError("num_workers", "must be >= 0")
+        if self.pack_buffer < 1:
+            raise ConfigValueError("pack_buffer", "must be >= 1")
         if not 0 < self.mix_tolerance < 1:
             raise ConfigValueError("mix_tolerance", "must be in (0, 1)")

@@ -5,5 +5,6 @@ returns the resumable stream of packed micro-batches the trainer consumes.
 """
 from .errors import DataError, RecordError
 from .shards import ShardWriter
+from .stream import TrainStream, build_train_stream
 
-__all__ = ["DataError", "RecordError", "ShardWriter"]
+__all__ = ["DataError", "RecordError", "ShardWriter", "TrainStream", "build_train_stream"]

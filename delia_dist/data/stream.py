@@ -1,0 +1,147 @@
+"""The training stream: sources -> token-budget mixer -> packer -> micro-batches of tensors.
+
+One TrainStream per rank; it knows its rank only as plain arguments. Everything it holds
+(reader positions and shuffle buffers per worker, mixer counters, packer leftovers, skip
+counters) is in state_dict(), so a restored stream yields exactly the batches an
+uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .errors import DataError
+from .mixer import TokenMixer
+from .packer import Packer
+from .reader import IGNORE, SourceSpec, SourceStream
+from .records import fingerprint
+from .sources import load_paraphrases, resolve_shards
+
+log = logging.getLogger("delia_dist.data")
+STATE_VERSION = 1
+
+
+def check_tokenizer(source: str, where: str, manifest: dict | None, tokenizer) -> tuple[str, list[str]]:
+    """How to treat a source's stored ids: ("never", []) when they match the training
+    tokenizer, ("added", new_tokens) when the training tokenizer only gained tokens since
+    sharding (records containing those get re-tokenized). Any other difference is an error."""
+    if manifest is None:
+        log.warning("source %s: %s has no manifest; stored ids are only range-checked "
+                    "against the training tokenizer", source, where)
+        return "never", []
+    info = manifest.get("tokenizer") or {}
+    theirs, n = info.get("fingerprint"), info.get("vocab_size")
+    ours = fingerprint(tokenizer)
+    if theirs == ours:
+        return "never", []
+    if isinstance(n, int) and len(tokenizer) > n and fingerprint(tokenizer, upto=n) == theirs:
+        vocab = tokenizer.get_vocab()
+        added = sorted((i, t) for t, i in vocab.items() if i >= n)
+        return "added", [t for _, t in added]
+    raise DataError(f"source {source}: tokenizer mismatch: {where} was sharded with tokenizer "
+                    f"{info.get('name_or_path')!r} (fingerprint {theirs}, {n} tokens) but training "
+                    f"uses {getattr(tokenizer, 'name_or_path', '?')!r} (fingerprint {ours}, "
+                    f"{len(tokenizer)} tokens); re-run `delia data shard` with the training tokenizer")
+
+
+class TrainStream:
+    """Iterate for dicts of [micro_batch_size, seq_len] tensors (see CONTRACTS.md)."""
+
+    def __init__(self, cfg, tokenizer, rank: int = 0, world_size: int = 1, micro_batch_size: int = 1,
+                 num_workers: int | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        workers = max(1, cfg.num_workers if num_workers is None else num_workers)
+        self.seq_len, self.micro_batch_size = cfg.seq_len, micro_batch_size
+        self.source_names = [s.name for s in cfg.sources]
+        self._layout = {"rank": rank, "world_size": world_size, "workers": workers,
+                        "seq_len": cfg.seq_len, "seed": cfg.seed, "sources": list(self.source_names)}
+        vocab_size = len(tokenizer)
+        self.sources = []
+        for i, s in enumerate(cfg.sources):
+            urls, manifest, where = resolve_shards(s.shards)
+            if not urls:
+                raise DataError(f"source {s.name}: {where} lists no shards")
+            mode, added = check_tokenizer(s.name, where, manifest, tokenizer)
+            max_epochs = s.max_epochs if s.max_epochs is not None else (1 if s.on_exhausted == "stop" else None)
+            spec = SourceSpec(
+                index=i, name=s.name, urls=urls, tokenizer=tokenizer, vocab_size=vocab_size,
+                retokenize=mode, added_tokens=added,
+                paraphrases=load_paraphrases(s.paraphrases) if s.paraphrases else None,
+                seq_len=cfg.seq_len, overlong=cfg.overlong, split_samples=cfg.split_samples,
+                max_epochs=max_epochs, bad_records=cfg.bad_records, bad_shards=cfg.bad_shards,
+                seed=cfg.seed, shuffle_shards=cfg.shuffle_shards, shuffle_buffer=cfg.shuffle_buffer)
+            self.sources.append(SourceStream(spec, rank, world_size, workers))
+        self.mixer = TokenMixer(self.sources, [s.weight for s in cfg.sources])
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.packer = Packer(self.mixer.next, cfg.seq_len, cfg.pack_buffer, cfg.pack,
+                             cfg.split_samples, pad_id)
+        self.pad_id = pad_id
+        self.done = False
+
+    def __iter__(self):
+        return self
+
+    def next_arrays(self) -> dict[str, np.ndarray]:
+        """The next micro-batch as numpy arrays (what __next__ wraps in tensors)."""
+        if self.done:
+            raise StopIteration
+        b, L = self.micro_batch_size, self.seq_len
+        out = {"input_ids": np.full((b, L), self.pad_id, dtype=np.int64),
+               "labels": np.full((b, L), IGNORE, dtype=np.int64),
+               "position_ids": np.zeros((b, L), dtype=np.int64),
+               "segment_ids": np.zeros((b, L), dtype=np.int32),
+               "source_ids": np.full((b, L), -1, dtype=np.int32)}
+        rows = 0
+        for r in range(b):
+            if not self.packer.fill_row(*(out[k][r] for k in out)):
+                break
+            rows += 1
+        if rows == 0:
+            self.done = True
+            raise StopIteration
+        if rows < b:  # the stream ended mid-batch: the rest of the batch is padding
+            self.done = True
+        return out
+
+    def __next__(self):
+        import torch
+        return {k: torch.from_numpy(v) for k, v in self.next_arrays().items()}
+
+    def stats(self) -> dict:
+        """Per-source counters on this rank: samples, tokens, epochs, skipped by reason."""
+        return {s.spec.name: {"samples": self.mixer.samples[i], "tokens": self.mixer.tokens[i],
+                              "epochs": s.epochs, "skipped": dict(s.spec.skipped),
+                              "truncated": s.spec.truncated, "retokenized": s.spec.retokenized}
+                for i, s in enumerate(self.sources)}
+
+    @property
+    def packing_efficiency(self) -> float:
+        """Share of non-padding tokens in the rows emitted so far."""
+        return self.packer.efficiency
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "layout": dict(self._layout), "done": self.done,
+                "sources": [s.state_dict() for s in self.sources],
+                "mixer": self.mixer.state_dict(), "packer": self.packer.state_dict()}
+
+    def load_state_dict(self, sd: dict):
+        if sd.get("version") != STATE_VERSION:
+            raise DataError(f"data stream state version {sd.get('version')} != {STATE_VERSION}")
+        if sd["layout"] != self._layout:
+            diff = {k: (sd["layout"].get(k), v) for k, v in self._layout.items() if sd["layout"].get(k) != v}
+            raise DataError(f"data stream state was saved with a different layout "
+                            f"(saved, now): {diff}; resume with the same ranks, workers and sources")
+        for s, st in zip(self.sources, sd["sources"]):
+            s.load_state_dict(st)
+        self.mixer.load_state_dict(sd["mixer"])
+        self.packer.load_state_dict(sd["packer"])
+        self.done = sd["done"]
+
+
+def build_train_stream(cfg, tokenizer, rank: int = 0, world_size: int = 1, micro_batch_size: int = 1,
+                       num_workers: int | None = None) -> TrainStream:
+    """The stream for one rank; `cfg` is the config's data section, `tokenizer` the training
+    tokenizer (with any new special tokens already added)."""
+    return TrainStream(cfg, tokenizer, rank, world_size, micro_batch_size, num_workers)
