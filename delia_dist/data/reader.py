@@ -259,9 +259,16 @@ class SourceStream:
         self.turn = 0
 
     def next(self) -> Sample:
-        sample = self.readers[self.turn].next()
-        self.turn = (self.turn + 1) % len(self.readers)
-        return sample
+        """The next sample from the worker whose turn it is; a worker that ran dry hands its
+        turn on (as DataLoader does), and the source ends when all have."""
+        for _ in range(len(self.readers)):
+            reader = self.readers[self.turn]
+            self.turn = (self.turn + 1) % len(self.readers)
+            try:
+                return reader.next()
+            except SourceExhausted:
+                continue
+        raise SourceExhausted(self.spec.name)
 
     @property
     def epochs(self) -> int:
