@@ -67,10 +67,11 @@ def samples_from_state(sd: dict) -> list[Sample]:
 class SourceSpec:
     """What every reader of one source shares: shards, tokenizer checks, policies, counters."""
 
-    def __init__(self, *, index, name, urls, tokenizer, vocab_size, retokenize, added_tokens,
+    def __init__(self, *, index, name, urls, expected, tokenizer, vocab_size, retokenize, added_tokens,
                  paraphrases, seq_len, overlong, split_samples, max_epochs, bad_records,
                  bad_shards, seed, shuffle_shards, shuffle_buffer):
         self.index, self.name, self.urls = index, name, urls
+        self.expected = expected  # url -> sample count from the manifest, to catch short shards
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
         # "never": stored ids are valid; "added": re-tokenize records containing tokens the
         # training tokenizer added after sharding; paraphrases always re-tokenize.
@@ -199,10 +200,15 @@ class ShardReader:
                 self._url = self.shards[self.shard_pos]
                 self._it = iter_shard(self._url, skip=self.in_shard)
             try:
-                key, parts = next(self._it)
-            except StopIteration:
-                self._it, self.shard_pos, self.in_shard = None, self.shard_pos + 1, 0
-                continue
+                try:
+                    key, parts = next(self._it)
+                except StopIteration:
+                    want = self.spec.expected.get(self._url)
+                    if want is not None and want != self.in_shard:
+                        raise DataError(f"{self._url}: {self.in_shard} samples, but the manifest "
+                                        f"lists {want} (shard replaced or truncated?)") from None
+                    self._it, self.shard_pos, self.in_shard = None, self.shard_pos + 1, 0
+                    continue
             except DataError as e:
                 if self.spec.bad_shards == "error":
                     raise

@@ -7,6 +7,7 @@ np.frombuffer on the member bytes.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -112,7 +113,7 @@ def open_url(url: str):
         url = url[5:]
     if "://" not in url and not url.startswith("pipe:"):
         try:
-            return open(url, "rb")
+            return open(url, "rb", buffering=1 << 20)
         except OSError as e:
             raise DataError(f"{url}: cannot open shard: {e.strerror or e}") from None
     from webdataset.gopen import gopen
@@ -120,6 +121,78 @@ def open_url(url: str):
         return gopen(url, "rb")
     except Exception as e:  # noqa: BLE001 - any opener failure is reported with the URL
         raise DataError(f"{url}: cannot open shard: {e}") from None
+
+
+class _Prefixed:
+    """A read()-able stream with bytes already taken from its front put back."""
+
+    def __init__(self, head: bytes, f):
+        self.head, self.f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.f.read(n)
+        if n < 0:
+            out, self.head = self.head + self.f.read(), b""
+            return out
+        out, self.head = self.head[:n], self.head[n:]
+        return out + (self.f.read(n - len(out)) if len(out) < n else b"")
+
+
+def _read_exact(f, n: int, what: str) -> bytes:
+    data = f.read(n)
+    while len(data) < n:
+        more = f.read(n - len(data))
+        if not more:
+            raise EOFError(f"unexpected end of data in {what} ({len(data)} of {n} bytes)")
+        data += more
+    return data
+
+
+def _tar_members(f):
+    """(name, bytes) of each regular member. Our own reader rather than tarfile's stream mode,
+    which ends quietly at a garbled header: a truncated shard must be an error here, so
+    the archive has to end with its zero end-of-archive block."""
+    long_name = None
+    while True:
+        block = f.read(512)
+        if len(block) < 512:
+            block += _read_exact(f, 512 - len(block), "a tar header") if block else b""
+            if not block:
+                raise EOFError("archive ends without its end-of-archive block (truncated?)")
+        if block == _ZERO_BLOCK:
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as e:
+            raise tarfile.ReadError(f"bad tar header after member {long_name!r}: {e}") from None
+        name = long_name or info.name
+        long_name = None
+        data = _read_exact(f, info.size, f"member {name!r}")
+        if info.size % 512:
+            _read_exact(f, 512 - info.size % 512, f"padding of member {name!r}")
+        if info.type == tarfile.GNUTYPE_LONGNAME:
+            long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif info.type == tarfile.XHDTYPE:
+            long_name = _pax_path(data)
+        elif info.type in tarfile.REGULAR_TYPES:
+            yield name, data
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def _pax_path(data: bytes):
+    """The 'path' record of a pax extended header ("<len> path=<value>\n" records), if any."""
+    pos = 0
+    while pos < len(data):
+        length = int(data[pos:data.index(b" ", pos)])
+        record = data[pos:pos + length]
+        key, _, value = record.split(b" ", 1)[1].partition(b"=")
+        if key == b"path":
+            return value[:-1].decode("utf-8", "surrogateescape")
+        pos += length
+    return None
 
 
 def iter_shard(url: str, skip: int = 0):
@@ -130,21 +203,22 @@ def iter_shard(url: str, skip: int = 0):
     stream = open_url(url)
     last = "<start>"
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")
+        head = stream.read(2)
+        f = _Prefixed(head, stream)
+        if head == b"\x1f\x8b":
+            f = gzip.GzipFile(fileobj=f, mode="rb")
         key, parts, index = None, {}, 0
-        for member in tar:
-            last = member.name
-            if not member.isfile():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            k, _, ext = base.partition(".")
+        for name, data in _tar_members(f):
+            last = name
+            k, _, ext = name.rsplit("/", 1)[-1].partition(".")
             if k != key:
                 if key is not None:
                     if index >= skip:
                         yield key, parts
                     index += 1
                 key, parts = k, {}
-            parts[ext] = tar.extractfile(member).read() if index >= skip else b""
+            if index >= skip:
+                parts[ext] = data
         if key is not None and index >= skip:
             yield key, parts
         last = "<end>"

@@ -66,7 +66,9 @@ class TrainStream:
             mode, added = check_tokenizer(s.name, where, manifest, tokenizer)
             max_epochs = s.max_epochs if s.max_epochs is not None else (1 if s.on_exhausted == "stop" else None)
             spec = SourceSpec(
-                index=i, name=s.name, urls=urls, tokenizer=tokenizer, vocab_size=vocab_size,
+                index=i, name=s.name, urls=urls,
+                expected={sh["url"]: sh["samples"] for sh in manifest["shards"]} if manifest else {},
+                tokenizer=tokenizer, vocab_size=vocab_size,
                 retokenize=mode, added_tokens=added,
                 paraphrases=load_paraphrases(s.paraphrases) if s.paraphrases else None,
                 seq_len=cfg.seq_len, overlong=cfg.overlong, split_samples=cfg.split_samples,
