@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, RecordError
 from .records import to_messages, tokenize_messages, tokenizer_info
 
 MANIFEST = "manifest.json"
@@ -48,7 +48,10 @@ class ShardWriter:
     def write(self, record: dict) -> int:
         """Write one record; returns its token count."""
         ids, mask = tokenize_messages(self.tokenizer, to_messages(record))
-        payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as e:
+            raise RecordError("bad_record", f"record is not JSON-serializable: {e}") from None
         return self.write_tokenized(payload, ids, mask)
 
     def write_tokenized(self, record_json: bytes, ids: np.ndarray, mask: np.ndarray) -> int:

@@ -73,3 +73,10 @@ def test_cli_missing_input_is_one_line_error(tmp_path, tiny_tokenizer_dir, capsy
     rc = main(["data", "shard", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"),
                "--tokenizer", str(tiny_tokenizer_dir), "--no-progress"])
     assert rc == 2 and "nope.jsonl" in capsys.readouterr().err
+
+
+def test_cli_inspect_verifies_and_shows(tmp_path, tiny_tokenizer, tiny_tokenizer_dir, capsys):
+    m = write_shards(tmp_path / "s", tiny_tokenizer, chat_records(15), max_shard_bytes=10_000)
+    assert main(["data", "inspect", str(m), "--tokenizer", str(tiny_tokenizer_dir), "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "read 15 samples" in out and "[[" in out and "0 bad" in out
