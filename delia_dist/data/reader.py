@@ -86,7 +86,7 @@ class SourceSpec:
         self.retokenized = 0
 
     def skip(self, reason: str, where: str, message: str):
-        if self.bad_records == "error" and reason not in ("overlong", "corrupt_shard"):
+        if self.bad_records == "error" and reason not in ("overlong", "corrupt_shard", "no_loss_tokens"):
             raise DataError(f"{where}: {message}")
         n = self.skipped[reason] = self.skipped.get(reason, 0) + 1
         if n <= LOGGED_PER_REASON:
