@@ -1,0 +1,221 @@
+"""Linear + cross-entropy, chunked over rows, gradients computed in the forward.
+
+Design and cost. For each chunk of C rows: logits = h_c @ W^T (2*C*D*V FLOPs, input dtype,
+fp32 accumulate), one pass over the row computes log-sum-exp, the loss and the gradient of
+the logits in place (Triton kernel on GPU, torch ops elsewhere), then
+grad_h_c = g @ W and grad_W += g^T @ h_c (2*C*D*V each). Total 6*N*D*V FLOPs, the floor
+for this loss: nothing is recomputed in backward, which only multiplies the stored
+gradients by grad_output. Extra memory is one C x V logits/gradient buffer plus grad_W
+(V x D, fp32) and grad_h (N x D): O(C*V), never O(N*V).
+
+reduction="none" with a gradient needs a per-row grad_output the forward cannot know, so
+that path saves only the log-sum-exp and recomputes logits in backward (8*N*D*V). The
+trainer avoids it: it asks for reduction="sum" with return_token_losses=True, which gives
+per-token losses (detached, for per-source and per-format-token metrics) at 6*N*D*V.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+LOSS_IMPLS = ("auto", "triton", "chunked", "naive")
+# Rows per chunk: the logits buffer is chunk x V fp32 (V=128k: 4096 rows = 2 GiB).
+DEFAULT_CHUNK = 4096
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _chunk_rows(n: int, v: int, chunk_size: Optional[int]) -> int:
+    if chunk_size:
+        return max(1, chunk_size)
+    # Aim for ~256 MiB of fp32 logits per chunk, at least 1 row.
+    return max(1, min(DEFAULT_CHUNK, (256 << 20) // (4 * max(v, 1)), n))
+
+
+def _row_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *,
+                       label_smoothing: float, z_loss: float, softcap: Optional[float],
+                       grad_scale: Optional[torch.Tensor], want_grad: bool):
+    """Loss per row and (if want_grad) d loss / d logits, in place into `logits` (fp32).
+
+    grad_scale: per-row multiplier for the gradient (1/n_valid for mean, 1 for sum).
+    """
+    z = logits
+    if softcap is not None:
+        t = torch.tanh(z / softcap)
+        z = t * softcap
+    lse = torch.logsumexp(z, dim=-1)
+    safe = labels.clamp(min=0)
+    z_y = z.gather(1, safe[:, None]).squeeze(1)
+    eps = label_smoothing
+    loss = (1.0 - eps) * (lse - z_y)
+    if eps:
+        loss = loss + eps * (lse - z.mean(dim=-1))
+    if z_loss:
+        loss = loss + z_loss * lse * lse
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if not want_grad:
+        return loss, lse, None
+    p = torch.exp(z - lse[:, None])
+    if z_loss:
+        p = p * (1.0 + 2.0 * z_loss * lse)[:, None]
+    if eps:
+        p = p - eps / z.shape[-1]
+    p.scatter_add_(1, safe[:, None], torch.full_like(z_y[:, None], -(1.0 - eps)))
+    if softcap is not None:
+        p = p * (1.0 - t * t)
+    p = p * (grad_scale * valid)[:, None]
+    return loss, lse, p
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ignore_index, reduction, label_smoothing, z_loss,
+                softcap, chunk_size, use_triton):
+        n, d = hidden.shape
+        v = weight.shape[0]
+        needs_grad = any(ctx.needs_input_grad[:3])
+        valid_all = labels != ignore_index
+        n_valid = valid_all.sum()
+        precompute = needs_grad and reduction != "none"
+        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lses = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if precompute else None
+        grad_w = torch.zeros(v, d, dtype=torch.float32, device=hidden.device) if precompute else None
+        grad_b = torch.zeros(v, dtype=torch.float32, device=hidden.device) if precompute and bias is not None else None
+        scale = (1.0 / n_valid.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=hidden.device)
+        step = _chunk_rows(n, v, chunk_size)
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            h = hidden[s:e]
+            logits = (h @ weight.T).float()
+            if bias is not None:
+                logits += bias.float()
+            lab, val = labels[s:e], valid_all[s:e]
+            if use_triton:
+                from .triton_ce import row_loss_and_grad_triton
+                loss, lse, g = row_loss_and_grad_triton(
+                    logits, lab, val, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                    grad_scale=scale.expand(e - s), want_grad=precompute)
+            else:
+                loss, lse, g = _row_loss_and_grad(
+                    logits, lab, val, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                    grad_scale=scale.expand(e - s), want_grad=precompute)
+            losses[s:e], lses[s:e] = loss, lse
+            if precompute:
+                grad_h[s:e] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_w += (g.T.to(h.dtype) @ h).float()
+                if grad_b is not None:
+                    grad_b += g.sum(0)
+        ctx.reduction, ctx.has_bias = reduction, bias is not None
+        ctx.opts = (label_smoothing, z_loss, softcap, chunk_size, ignore_index)
+        if precompute:
+            ctx.save_for_backward(grad_h, grad_w, grad_b if grad_b is not None else torch.empty(0))
+        elif needs_grad:
+            ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), labels, lses)
+        ctx.precompute = precompute
+        ctx.weight_dtype = weight.dtype
+        if reduction == "none":
+            return losses, losses.detach()
+        total = losses.sum()
+        if reduction == "mean":
+            total = total / n_valid.clamp(min=1)
+        return total, losses.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_tokens):
+        if ctx.precompute:
+            grad_h, grad_w, grad_b = ctx.saved_tensors
+            go = grad_out.float()
+            gh = (grad_h * go.to(grad_h.dtype))
+            gw = (grad_w * go).to(ctx.weight_dtype)
+            gb = (grad_b * go).to(ctx.weight_dtype) if ctx.has_bias else None
+            return gh, gw, gb, None, None, None, None, None, None, None, None
+        hidden, weight, bias, labels, lses = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        label_smoothing, z_loss, softcap, chunk_size, ignore_index = ctx.opts
+        n, v = hidden.shape[0], weight.shape[0]
+        gh = torch.empty_like(hidden)
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device)
+        gb = torch.zeros(v, dtype=torch.float32, device=hidden.device) if bias is not None else None
+        step = _chunk_rows(n, v, chunk_size)
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            h = hidden[s:e]
+            logits = (h @ weight.T).float()
+            if bias is not None:
+                logits += bias.float()
+            lab = labels[s:e]
+            _, _, g = _row_loss_and_grad(logits, lab, lab != ignore_index, label_smoothing=label_smoothing,
+                                         z_loss=z_loss, softcap=softcap, grad_scale=grad_out[s:e].float(),
+                                         want_grad=True)
+            gh[s:e] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+            gw += (g.T.to(h.dtype) @ h).float()
+            if gb is not None:
+                gb += g.sum(0)
+        return (gh, gw.to(weight.dtype), gb.to(weight.dtype) if gb is not None else None,
+                None, None, None, None, None, None, None, None)
+
+
+def reference_linear_cross_entropy(hidden, weight, labels, bias=None, ignore_index=-100, reduction="mean",
+                                   label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """Plain PyTorch: full logits in fp32. The ground truth for tests and the 'naive' impl."""
+    logits = (hidden @ weight.T).float()
+    if bias is not None:
+        logits = logits + bias.float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    valid = labels != ignore_index
+    lse = torch.logsumexp(logits, dim=-1)
+    ce = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none",
+                                           label_smoothing=label_smoothing)
+    loss = ce + z_loss * lse * lse if z_loss else ce
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total / valid.sum().clamp(min=1) if reduction == "mean" else total
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         bias: Optional[torch.Tensor] = None, ignore_index: int = -100,
+                         reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
+                         softcap: Optional[float] = None, impl: str = "auto",
+                         chunk_size: Optional[int] = None, return_token_losses: bool = False):
+    """Cross-entropy of softmax(hidden @ weight.T + bias) against labels.
+
+    hidden [N, D], weight [V, D], labels [N] (ignore_index skipped). reduction mean (over
+    non-ignored tokens) | sum | none (per-token [N], 0 at ignored). With
+    return_token_losses=True returns (loss, per_token_losses_detached).
+    impl: auto (Triton on CUDA, else chunked) | triton | chunked | naive (full logits).
+    """
+    if impl not in LOSS_IMPLS:
+        raise ValueError(f"impl must be one of {LOSS_IMPLS}, got {impl!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected hidden [N, D] and weight [V, D], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if labels.shape != hidden.shape[:1]:
+        raise ValueError(f"labels must be [N]={hidden.shape[0]}, got {tuple(labels.shape)}")
+    if softcap is not None and softcap <= 0:
+        raise ValueError("softcap must be positive")
+    if impl == "naive":
+        loss = reference_linear_cross_entropy(hidden, weight, labels, bias, ignore_index, reduction,
+                                              label_smoothing, z_loss, softcap)
+        if return_token_losses:
+            tokens = loss.detach() if reduction == "none" else reference_linear_cross_entropy(
+                hidden.detach(), weight.detach(), labels, None if bias is None else bias.detach(),
+                ignore_index, "none", label_smoothing, z_loss, softcap)
+            return loss, tokens
+        return loss
+    use_triton = impl == "triton" or (impl == "auto" and hidden.is_cuda and _triton_available())
+    loss, tokens = _ChunkedLinearCE.apply(hidden, weight, bias, labels, ignore_index, reduction,
+                                          float(label_smoothing), float(z_loss), softcap, chunk_size, use_triton)
+    return (loss, tokens) if return_token_losses else loss
