@@ -11,10 +11,7 @@ import sys
 
 from . import commands
 from .config.errors import ConfigError
-
-
-class UserError(Exception):
-    """An expected failure (bad input, missing file): printed as one line, exit code 2."""
+from .errors import UserError
 
 
 def _command_modules():

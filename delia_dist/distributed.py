@@ -59,6 +59,14 @@ def all_ranks(flag: bool) -> bool:
     return not any_rank(not flag)
 
 
+def max_over_ranks(value: float) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a small CPU tensor over ranks (metrics); returns a new tensor."""
     out = t.detach().clone().to(torch.float64)

@@ -129,10 +129,12 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
         "world_size": str(world), "nodes": str(env.num_nodes), "device": device,
         "finetune": cfg.model.finetune, "launcher": env.launcher,
         "restart_count": str(env.restart_count)})
-    if env.is_main and resume_from is None:
-        tracker.log_metrics({"vocab/new_rows": token_report["new_vocab"] - token_report["old_vocab"]}, step=0)
-
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", env.is_main)
+    if resume_from is None:
+        start = {"step": 0, "vocab/new_rows": token_report["new_vocab"] - token_report["old_vocab"],
+                 "params/max_rank_fraction": distributed.max_over_ranks(_local_param_fraction(wrapper))}
+        metrics_log.write(start)
+        tracker.log_metrics(start, step=0)
     log_every = cfg.tracking.log_every
     status, last_ckpt = "completed", None
     data_iter = iter(stream)
@@ -210,6 +212,19 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
     tracker.close("FINISHED" if status == "completed" else "KILLED")
     return TrainResult(status=status, step=counters["step"],
                        checkpoint=str(last_ckpt) if last_ckpt else None, run_id=run_id)
+
+
+def _local_param_fraction(module) -> float:
+    """Share of all parameter elements this rank stores (1/world under ZeRO-3, 1.0 unsharded)."""
+    local = full = 0
+    for p in module.parameters():
+        if hasattr(p, "ds_tensor"):
+            local += p.ds_tensor.numel()
+            full += p.ds_numel
+        else:
+            local += p.numel()
+            full += p.numel()
+    return local / max(full, 1)
 
 
 def _window_metrics(window: torch.Tensor, names: list[str], stream, steps: int, seconds: float,

@@ -28,7 +28,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..data import RecordError, ShardWriter
     from ..data.sources import iter_input_records, load_tokenizer
 

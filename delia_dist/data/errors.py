@@ -2,7 +2,7 @@
 RecordError is a per-sample problem the reader counts as a skip under its `reason`."""
 from __future__ import annotations
 
-from ..cli import UserError
+from ..errors import UserError
 
 
 class DataError(UserError):

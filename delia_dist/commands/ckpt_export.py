@@ -1,0 +1,24 @@
+"""`delia ckpt export`: a training checkpoint as a Hugging Face model directory."""
+NAME = "ckpt export"
+HELP = "write an HF model dir (safetensors + tokenizer with new tokens) from a checkpoint"
+DESCRIPTION = """Merge a sharded ZeRO-3 checkpoint into a Hugging Face directory that
+transformers and vLLM load. CKPT is a step_N directory or a checkpoint root (its `latest`
+is used). LoRA adapters are merged into the base weights."""
+
+
+def add_arguments(p):
+    p.add_argument("ckpt", help="checkpoint dir (runs/x/checkpoints/step_100) or the checkpoints root")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default: the model's configured dtype)")
+
+
+def run(args) -> int:
+    from ..errors import UserError
+    from ..export import export_checkpoint
+    try:
+        out = export_checkpoint(args.ckpt, args.out, args.dtype)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    print(f"exported {args.ckpt} -> {out}")
+    return 0

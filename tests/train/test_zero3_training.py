@@ -1,0 +1,130 @@
+"""2-rank DeepSpeed ZeRO-3 training on CPU (gloo), through the same worker entry as Slurm.
+
+One straight run and one interrupted-and-resumed run share a workspace; the assertions
+are what a user relies on: loss goes down, parameters are really sharded, a resume is
+bit-identical, a crash mid-save leaves the previous checkpoint usable, new-token rows
+hold their init after an optimizer step, and the export loads and generates.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 8
+
+
+def train(ws: Path, run: str, *overrides: str, env_extra: dict | None = None, expect: int = 0) -> Path:
+    run_dir = ws / run
+    cmd = [sys.executable, "-m", "delia_dist.cli", "train", str(REPO / "configs/tiny_cpu.yaml"), "--nproc", "2",
+           "--timeout", "120",
+           "--set", f"run_dir={run_dir}", "--set", f"model.tokenizer={ws / 'tokenizer'}",
+           "--set", f"data.sources.diverse.shards={ws / 'shards/diverse/manifest.json'}",
+           "--set", f"data.sources.downstream.shards={ws / 'shards/downstream/manifest.json'}",
+           "--set", "model.config.attention_dropout=0.1", "--set", "checkpoint.every_steps=4",
+           "--set", "tracking.log_every=4", "--set", "checkpoint.keep_last=3"]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return run_dir
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def fp32_weights(ckpt: Path) -> dict:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    from delia_dist.synth import prepare_workspace
+    root = tmp_path_factory.mktemp("zero3")
+    prepare_workspace(root, n_train=80, n_eval=8, n_diverse=600)
+    return root
+
+
+@pytest.fixture(scope="module")
+def straight(ws):
+    return train(ws, "straight", f"train.max_steps={STEPS}")
+
+
+def test_loss_goes_down_and_params_are_sharded(straight):
+    rows = metrics(straight)
+    assert rows[0]["step"] == 0 and rows[0]["params/max_rank_fraction"] <= 0.55  # 2 ranks: ~1/2 each
+    losses = [r["loss"] for r in rows if r["step"] > 0]
+    assert len(losses) == STEPS
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.2, losses
+    assert {"loss/diverse", "loss/downstream"} <= set(rows[-1])
+
+
+def test_crash_mid_save_then_resume_is_bit_identical(ws, straight):
+    # First attempt dies inside the step-8 save (after the shards, before the rename).
+    run = train(ws, "resumed", f"train.max_steps={STEPS}",
+                env_extra={"DELIA_TEST_CRASH_DURING_SAVE": str(STEPS)}, expect=1)
+    ckpts = run / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step_4"
+    assert (ckpts / f".tmp-step_{STEPS}").is_dir() and not (ckpts / f"step_{STEPS}").exists()
+    # New processes resume from the last complete checkpoint (step 4) and finish.
+    train(ws, "resumed", f"train.max_steps={STEPS}")
+    assert (ckpts / "latest").read_text() == f"step_{STEPS}"
+    assert not (ckpts / f".tmp-step_{STEPS}").exists()
+    straight_losses = {r["step"]: r["loss"] for r in metrics(straight) if r["step"] > 0}
+    resumed = [r for r in metrics(run) if r["step"] > 0]
+    assert [r["step"] for r in resumed[-4:]] == [5, 6, 7, 8]
+    for r in resumed:  # steps 1-8 of the crashed attempt and 5-8 after resume
+        assert r["loss"] == straight_losses[r["step"]], (r["step"], r["loss"], straight_losses[r["step"]])
+    a, b = fp32_weights(straight / f"checkpoints/step_{STEPS}"), fp32_weights(ckpts / f"step_{STEPS}")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_new_token_rows_hold_their_init_after_a_step_at_lr0(ws, tiny_tokenizer_dir):
+    run = train(ws, "lr0", "train.max_steps=1", "train.lr=0", "train.warmup_steps=0")
+    state = json.loads((run / "checkpoints/step_1/trainer_state.json").read_text())
+    sep = state["new_tokens"]["new_token_ids"]["<sep>"]
+    old = state["new_tokens"]["old_vocab"]
+    w = fp32_weights(run / "checkpoints/step_1")
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(run / "checkpoints/step_1/tokenizer")
+    desc = tok("json format with thought and hallucination", add_special_tokens=False)["input_ids"]
+    for name in ("model.model.embed_tokens.weight", "model.lm_head.weight"):
+        table = w[name]
+        torch.testing.assert_close(table[sep], table[desc].mean(0), rtol=0, atol=1e-6)
+        mean = table[:old].mean(0)
+        assert (table[sep] - mean).abs().max() > 1e-3  # description init is not the mean init
+        torch.testing.assert_close(table[old + 1:], mean.expand(table.shape[0] - old - 1, -1), rtol=0, atol=1e-6)
+
+
+def test_export_loads_and_generates(ws, straight, tmp_path):
+    out = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "ckpt", "export",
+                           str(straight / "checkpoints"), str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert "<sep>" in tok.get_vocab() and model.config.vocab_size % 64 == 0
+    assert model.config.vocab_size >= len(tok)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hello <sep>"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    assert tok.convert_tokens_to_ids("<sep>") in ids[0].tolist()
+    gen = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert gen.shape[1] > ids.shape[1]
+
+
+def test_export_of_missing_checkpoint_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "ckpt", "export", str(tmp_path / "nope"),
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a complete delia checkpoint" in proc.stderr
