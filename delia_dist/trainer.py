@@ -186,7 +186,6 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
         for i, name in enumerate(names):
             if counts[i] > 0:
                 record[f"loss/{name}"] = float(sums[i] / counts[i])
-        metrics_log.write(record)
         window += glob
         if step % log_every == 0 or step == total_steps:
             record.update(_window_metrics(window, names, stream, log_every, time.perf_counter() - t_last, world))
@@ -198,6 +197,7 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
                 log.info("step %d/%d loss %.4f lr %.2e", step, total_steps, loss_value, record["lr"])
             window.zero_()
             t_last = time.perf_counter()
+        metrics_log.write(record)
         preempt = distributed.any_rank(stop_requested())
         if preempt or step % cfg.checkpoint.every_steps == 0:
             last_ckpt = save(step)
@@ -255,6 +255,10 @@ def _window_metrics(window: torch.Tensor, names: list[str], stream, steps: int, 
 def _resume_config(cfg: Config, saved: Config) -> Config:
     """Resuming keeps what defines the run (model, data, schedule) from the checkpoint, and
     takes run-control settings (step limit, checkpointing, tracking) from the new config."""
+    changed = [k for k in ("model", "data", "loss", "deepspeed") if to_dict(getattr(cfg, k)) != to_dict(getattr(saved, k))]
+    if changed:
+        log.warning("resuming with the checkpoint's %s settings; the given config differs there "
+                    "(start a new run_dir to use the new settings)", ", ".join(changed))
     saved.train.max_steps = cfg.train.max_steps
     saved.checkpoint = cfg.checkpoint
     saved.tracking = cfg.tracking

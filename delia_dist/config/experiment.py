@@ -17,7 +17,10 @@ class RunSpec:
 class ExperimentConfig:
     runs: list[RunSpec] = field(default_factory=list)
     backend: Literal["local", "slurm"] = "local"
+    # Ranks per run on this machine (local backend).
     nproc: int = 2
+    # sbatch script for the slurm backend; gets DELIA_CONFIG and DELIA_OVERRIDES.
+    slurm_script: str = "slurm/delia_tiny.sh"
 
     def validate(self) -> None:
         names = [r.name for r in self.runs]

@@ -1,0 +1,36 @@
+"""`delia experiment`: train, export and evaluate every run of the matrix, then compare."""
+NAME = "experiment"
+HELP = "run the experiment matrix (baseline, DELIA scales, ablations) and print the comparison"
+DESCRIPTION = """Each entry of experiment.runs is the base config plus overrides. Every run is
+trained (--nproc ranks, ZeRO-3; or Slurm with experiment.backend=slurm), exported,
+evaluated and logged as its own MLflow run in one experiment; then a comparison table is
+printed and a report (markdown + plots) written to <run_dir>/report."""
+
+
+def add_arguments(p):
+    p.add_argument("config", help="YAML config with an experiment section, e.g. configs/tiny_cpu.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run (repeatable)")
+    p.add_argument("--only", default=None, help="comma-separated run names to run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs from their checkpoints instead of starting them over")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..config import load_config
+    from ..experiment import run_experiment
+    from ..report import comparison_table, write_report
+    from ..tracking import default_uri
+
+    results = run_experiment(args.config, args.overrides, args.only.split(",") if args.only else None,
+                             resume=args.resume)
+    cfg = load_config(args.config, args.overrides)
+    print()
+    print(comparison_table(results))
+    out = write_report(results, Path(cfg.run_dir) / "report")
+    print(f"\nreport:       {out}")
+    print(f"MLflow store: {default_uri(cfg.tracking, Path(cfg.run_dir))}  (experiment '{cfg.tracking.experiment}')")
+    print(f"browse:       .venv/bin/mlflow ui --backend-store-uri {default_uri(cfg.tracking, Path(cfg.run_dir))}")
+    return 0

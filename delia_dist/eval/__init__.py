@@ -1,0 +1,2 @@
+"""Evaluation: downstream tasks (translation, formatted text), special-token alignment and
+the gradient-buffering diagnostic."""

@@ -1,0 +1,94 @@
+"""`delia experiment`: the configured matrix (baseline, DELIA at several diverse shares,
+ablations), each run trained, exported and evaluated as its own MLflow run in one
+experiment, then compared side by side."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import Config, load_config
+
+log = logging.getLogger("delia.experiment")
+
+
+def _run_cmd(cmd: list[str], log_path: Path) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+
+
+def train_run(config_path: str, overrides: list[str], cfg: Config, run_dir: Path, nproc: int) -> None:
+    log_path = run_dir / "train.log"
+    if cfg.experiment.backend == "slurm":
+        cmd = ["sbatch", "--parsable", "--wait", f"--job-name=delia-{run_dir.name}", f"--output={log_path}",
+               f"--export=ALL,DELIA_CONFIG={config_path},DELIA_OVERRIDES={' '.join(overrides)}",
+               cfg.experiment.slurm_script]
+    else:
+        cmd = [sys.executable, "-m", "delia_dist.cli", "train", config_path, "--nproc", str(nproc)]
+        for o in overrides:
+            cmd += ["--set", o]
+    code = _run_cmd(cmd, log_path)
+    if code != 0:
+        tail = log_path.read_text().splitlines()[-25:]
+        raise RuntimeError(f"training {run_dir.name} failed (exit {code}); last lines of {log_path}:\n" + "\n".join(tail))
+
+
+def _last_metrics(run_dir: Path) -> dict:
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    out: dict = {}
+    for r in rows:  # latest value of every key
+        out.update(r)
+    out["first_loss"] = next(r["loss"] for r in rows if r.get("step", 0) > 0)
+    return out
+
+
+def run_experiment(config_path: str, overrides: list[str] = (), only: list[str] | None = None,
+                   resume: bool = False) -> list[dict]:
+    """Runs each spec; without `resume` an existing run directory is started over, so a
+    changed config never silently continues an old checkpoint."""
+    from .eval.runner import evaluate
+    from .export import export_checkpoint
+    from .tracking import Tracker, default_uri
+
+    base = load_config(config_path, overrides, check_paths=True)
+    root = Path(base.run_dir)
+    uri = default_uri(base.tracking, root)
+    specs = [s for s in base.experiment.runs if not only or s.name in only]
+    if not specs:
+        raise ValueError("experiment.runs is empty: nothing to run")
+    results = []
+    for spec in specs:
+        t0 = time.time()
+        run_dir = root / spec.name
+        run_over = list(overrides) + [f"run_dir={run_dir}", f"tracking.uri={uri}", f"tracking.run_name={spec.name}",
+                                      *spec.overrides]
+        cfg = load_config(config_path, run_over, check_paths=True)
+        if run_dir.exists() and not resume:
+            shutil.rmtree(run_dir)
+        print(f"[experiment] {spec.name}: training ({' '.join(spec.overrides) or 'base config'})", flush=True)
+        train_run(config_path, run_over, cfg, run_dir, base.experiment.nproc)
+        hf_dir = export_checkpoint(cfg.checkpoint_dir, run_dir / "hf")
+        info = json.loads((hf_dir / "delia_export.json").read_text())
+        tracker = Tracker(cfg.tracking, run_dir, enabled=True)
+        tracker.load_state_dict({"run_id": info["run_id"]})
+        tracker.start({}, tags={})
+        print(f"[experiment] {spec.name}: evaluating {hf_dir}", flush=True)
+        scores = evaluate(hf_dir, cfg, tracker=tracker, step=info["step"])
+        tracker.close("FINISHED")
+        last = _last_metrics(run_dir)
+        results.append({"run": spec.name, "run_id": info["run_id"], "run_dir": str(run_dir), "steps": info["step"],
+                        "diverse_share": last.get("share/diverse", 0.0),
+                        "train_loss_first": last["first_loss"], "train_loss_last": last["loss"],
+                        **{k: v for k, v in last.items() if k.startswith("tokens/")},
+                        **scores, "wall_s": time.time() - t0})
+        print(f"[experiment] {spec.name}: done in {time.time() - t0:.0f} s", flush=True)
+    (root / "experiment_results.json").write_text(json.dumps(results, indent=1))
+    return results

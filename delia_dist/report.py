@@ -1,0 +1,133 @@
+"""Side-by-side comparison of runs: a terminal table, a markdown report and PNG plots.
+
+Plots are what people look at first: loss per data source over training, each eval
+metric against the diverse-data share, and special-token distances per layer.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+KEY_COLUMNS = [("run", "run"), ("steps", "steps"), ("diverse_share", "diverse share"),
+               ("train_loss_last", "train loss"), ("eval/translation/bleu", "BLEU"),
+               ("eval/translation/chrf", "chrF"), ("eval/format/accuracy", "fmt acc"),
+               ("eval/format/f1", "fmt F1"), ("eval/format/well_formed", "well-formed"),
+               ("eval/format/format_token_loss", "fmt-token loss"),
+               ("align/<sep>/json/l0", "d(<sep>,json) l0"), ("wall_s", "time s")]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _columns(results: list[dict]) -> list[tuple[str, str]]:
+    return [(k, label) for k, label in KEY_COLUMNS if any(k in r for r in results)]
+
+
+def comparison_table(results: list[dict]) -> str:
+    cols = _columns(results)
+    rows = [[label for _, label in cols]] + [[_fmt(r.get(k, "")) for k, _ in cols] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _markdown_table(results: list[dict]) -> str:
+    cols = _columns(results)
+    out = ["| " + " | ".join(label for _, label in cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(k, "")) for k, _ in cols) + " |" for r in results]
+    return "\n".join(out)
+
+
+def _metrics_rows(run_dir: str) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def plot_losses(results: list[dict], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = ["downstream", "diverse"]
+    fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4), sharey=True)
+    for ax, source in zip(axes, sources):
+        for r in results:
+            rows = [m for m in _metrics_rows(r.get("run_dir", "")) if f"loss/{source}" in m]
+            if rows:
+                ax.plot([m["step"] for m in rows], [m[f"loss/{source}"] for m in rows], label=r["run"])
+        ax.set_title(f"training loss on {source} tokens")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_metric_vs_share(results: list[dict], path: Path) -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in results for k in r if k.startswith("eval/") and not k.endswith("loss")})
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for r in results:
+            if key in r:
+                ax.scatter(r.get("diverse_share", 0.0), r[key], s=30)
+                ax.annotate(r["run"], (r.get("diverse_share", 0.0), r[key]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set_title(key.removeprefix("eval/"), fontsize=9)
+        ax.set_xlabel("diverse share of training tokens")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_alignment(results: list[dict], path: Path) -> Path | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in results for k in r if k.startswith("align/")})
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(keys) * len(results) / 2), 4))
+    width = 0.8 / len(results)
+    for i, r in enumerate(results):
+        ax.bar([j + i * width for j in range(len(keys))], [r.get(k, 0.0) for k in keys], width, label=r["run"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
+    ax.set_xticklabels([k.removeprefix("align/").replace("/l", "\nlayer ") for k in keys], fontsize=7)
+    ax.set_ylabel("Euclidean distance (lower = closer)")
+    ax.set_title("new token vs keyword representations")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: list[dict], out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [plot_losses(results, out / "loss_per_source.png"),
+             plot_metric_vs_share(results, out / "eval_vs_diverse_share.png"),
+             plot_alignment(results, out / "token_alignment.png")]
+    md = ["# DELIA experiment report", "", _markdown_table(results), ""]
+    md += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return out / "report.md"
