@@ -9,7 +9,7 @@ gradients by grad_output. Extra memory is one C x V logits/gradient buffer plus 
 (V x D, fp32) and grad_h (N x D): O(C*V), never O(N*V).
 
 reduction="none" with a gradient needs a per-row grad_output the forward cannot know, so
-that path saves only the log-sum-exp and recomputes logits in backward (8*N*D*V). The
+that path saves only its inputs and recomputes logits in backward (8*N*D*V). The
 trainer avoids it: it asks for reduction="sum" with return_token_losses=True, which gives
 per-token losses (detached, for per-source and per-format-token metrics) at 6*N*D*V.
 """
@@ -46,11 +46,14 @@ def _row_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, valid: torch.
     """Loss per row and (if want_grad) d loss / d logits, in place into `logits` (fp32).
 
     grad_scale: per-row multiplier for the gradient (1/n_valid for mean, 1 for sum).
+    Loss and lse are 0 on ignored rows, as in the Triton kernel.
     """
+    # Everything C x V below works in place on `logits`, plus one tanh buffer with softcap
+    # and logsumexp's scratch: the torch path's memory stays a small multiple of C x V.
     z = logits
     if softcap is not None:
-        t = torch.tanh(z / softcap)
-        z = t * softcap
+        t = z.div(softcap).tanh_()
+        z = torch.mul(t, softcap, out=z)
     lse = torch.logsumexp(z, dim=-1)
     safe = labels.clamp(min=0)
     z_y = z.gather(1, safe[:, None]).squeeze(1)
@@ -60,19 +63,29 @@ def _row_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, valid: torch.
         loss = loss + eps * (lse - z.mean(dim=-1))
     if z_loss:
         loss = loss + z_loss * lse * lse
-    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    zero = torch.zeros_like(loss)
+    loss = torch.where(valid, loss, zero)
     if not want_grad:
-        return loss, lse, None
-    p = torch.exp(z - lse[:, None])
+        return loss, torch.where(valid, lse, zero), None
+    # Softmax from the true lse even on ignored rows (exp stays finite), zeroed by the scale.
+    p = z.sub_(lse[:, None]).exp_()
     if z_loss:
-        p = p * (1.0 + 2.0 * z_loss * lse)[:, None]
+        p.mul_((1.0 + 2.0 * z_loss * lse)[:, None])
     if eps:
-        p = p - eps / z.shape[-1]
+        p.sub_(eps / z.shape[-1])
     p.scatter_add_(1, safe[:, None], torch.full_like(z_y[:, None], -(1.0 - eps)))
     if softcap is not None:
-        p = p * (1.0 - t * t)
-    p = p * (grad_scale * valid)[:, None]
-    return loss, lse, p
+        p.mul_(t.mul_(t).neg_().add_(1.0))
+    p.mul_((grad_scale * valid)[:, None])
+    return loss, torch.where(valid, lse, zero), p
+
+
+def _rows(use_triton: bool, logits, labels, valid, **kw):
+    """The row loss/gradient from the Triton kernel or from torch ops (same contract)."""
+    if use_triton:
+        from .triton_ce import row_loss_and_grad_triton
+        return row_loss_and_grad_triton(logits, labels, valid, **kw)
+    return _row_loss_and_grad(logits, labels, valid, **kw)
 
 
 class _ChunkedLinearCE(torch.autograd.Function):
@@ -86,7 +99,6 @@ class _ChunkedLinearCE(torch.autograd.Function):
         n_valid = valid_all.sum()
         precompute = needs_grad and reduction != "none"
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        lses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if precompute else None
         grad_w = torch.zeros(v, d, dtype=torch.float32, device=hidden.device) if precompute else None
         grad_b = torch.zeros(v, dtype=torch.float32, device=hidden.device) if precompute and bias is not None else None
@@ -99,35 +111,30 @@ class _ChunkedLinearCE(torch.autograd.Function):
             if bias is not None:
                 logits += bias.float()
             lab, val = labels[s:e], valid_all[s:e]
-            if use_triton:
-                from .triton_ce import row_loss_and_grad_triton
-                loss, lse, g = row_loss_and_grad_triton(
-                    logits, lab, val, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                    grad_scale=scale.expand(e - s), want_grad=precompute)
-            else:
-                loss, lse, g = _row_loss_and_grad(
-                    logits, lab, val, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                    grad_scale=scale.expand(e - s), want_grad=precompute)
-            losses[s:e], lses[s:e] = loss, lse
+            loss, _, g = _rows(use_triton, logits, lab, val, label_smoothing=label_smoothing, z_loss=z_loss,
+                               softcap=softcap, grad_scale=scale.expand(e - s), want_grad=precompute)
+            losses[s:e] = loss
             if precompute:
                 grad_h[s:e] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
                 grad_w += (g.T.to(h.dtype) @ h).float()
                 if grad_b is not None:
                     grad_b += g.sum(0)
         ctx.reduction, ctx.has_bias = reduction, bias is not None
-        ctx.opts = (label_smoothing, z_loss, softcap, chunk_size, ignore_index)
+        ctx.opts = (label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton)
         if precompute:
             ctx.save_for_backward(grad_h, grad_w, grad_b if grad_b is not None else torch.empty(0))
         elif needs_grad:
-            ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), labels, lses)
+            ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), labels)
         ctx.precompute = precompute
         ctx.weight_dtype = weight.dtype
+        tokens = losses.detach().clone() if reduction == "none" else losses
+        ctx.mark_non_differentiable(tokens)
         if reduction == "none":
-            return losses, losses.detach()
+            return losses, tokens
         total = losses.sum()
         if reduction == "mean":
             total = total / n_valid.clamp(min=1)
-        return total, losses.detach()
+        return total, tokens
 
     @staticmethod
     def backward(ctx, grad_out, _grad_tokens):
@@ -138,9 +145,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
             gw = (grad_w * go).to(ctx.weight_dtype)
             gb = (grad_b * go).to(ctx.weight_dtype) if ctx.has_bias else None
             return gh, gw, gb, None, None, None, None, None, None, None, None
-        hidden, weight, bias, labels, lses = ctx.saved_tensors
+        hidden, weight, bias, labels = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
-        label_smoothing, z_loss, softcap, chunk_size, ignore_index = ctx.opts
+        label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton = ctx.opts
         n, v = hidden.shape[0], weight.shape[0]
         gh = torch.empty_like(hidden)
         gw = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device)
@@ -153,9 +160,8 @@ class _ChunkedLinearCE(torch.autograd.Function):
             if bias is not None:
                 logits += bias.float()
             lab = labels[s:e]
-            _, _, g = _row_loss_and_grad(logits, lab, lab != ignore_index, label_smoothing=label_smoothing,
-                                         z_loss=z_loss, softcap=softcap, grad_scale=grad_out[s:e].float(),
-                                         want_grad=True)
+            _, _, g = _rows(use_triton, logits, lab, lab != ignore_index, label_smoothing=label_smoothing,
+                            z_loss=z_loss, softcap=softcap, grad_scale=grad_out[s:e].float(), want_grad=True)
             gh[s:e] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
             gw += (g.T.to(h.dtype) @ h).float()
             if gb is not None:
@@ -166,10 +172,12 @@ class _ChunkedLinearCE(torch.autograd.Function):
 
 def reference_linear_cross_entropy(hidden, weight, labels, bias=None, ignore_index=-100, reduction="mean",
                                    label_smoothing=0.0, z_loss=0.0, softcap=None):
-    """Plain PyTorch: full logits in fp32. The ground truth for tests and the 'naive' impl."""
-    logits = (hidden @ weight.T).float()
+    """Plain PyTorch: full logits in fp32 (float64 for float64 inputs). The ground truth for
+    tests and the 'naive' impl."""
+    acc = torch.promote_types(hidden.dtype, torch.float32)
+    logits = (hidden @ weight.T).to(acc)
     if bias is not None:
-        logits = logits + bias.float()
+        logits = logits + bias.to(acc)
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     valid = labels != ignore_index
@@ -206,6 +214,15 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         raise ValueError(f"labels must be [N]={hidden.shape[0]}, got {tuple(labels.shape)}")
     if softcap is not None and softcap <= 0:
         raise ValueError("softcap must be positive")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    valid = labels != ignore_index
+    # The Triton kernel reads logits[label] unchecked: a bad label must fail here, not read
+    # another row. One host sync per call; the loss is far heavier.
+    if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
+        bad = labels[valid & ((labels < 0) | (labels >= weight.shape[0]))][0].item()
+        raise ValueError(f"label {bad} out of range for vocabulary size {weight.shape[0]} "
+                         f"(ignore_index={ignore_index})")
     if impl == "naive":
         loss = reference_linear_cross_entropy(hidden, weight, labels, bias, ignore_index, reduction,
                                               label_smoothing, z_loss, softcap)

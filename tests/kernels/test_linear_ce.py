@@ -1,0 +1,185 @@
+"""linear_cross_entropy (chunked, Triton, naive) against a float64 reference: loss and
+gradients for hidden, weight and bias over shapes that do not divide the chunk or the
+vocabulary block, every reduction, dtype and loss option."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from kernels import linear_cross_entropy, reference_linear_cross_entropy
+from kernels.memtrack import TensorMemoryTracker
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+D = 16
+CHUNK = 16  # N=37 -> chunks of 16, 16, 5
+# (loss rtol, grad tolerance as a fraction of the largest reference gradient)
+TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (3e-3, 3e-3)}
+OPTIONS = {
+    "plain": {},
+    "smooth": {"label_smoothing": 0.1},
+    "zloss_softcap": {"z_loss": 1e-3, "softcap": 4.0},
+    "all": {"label_smoothing": 0.2, "z_loss": 1e-2, "softcap": 2.5},
+}
+
+
+@pytest.fixture
+def small_triton_block(monkeypatch):
+    """Vocabulary blocks of 64 so V=101 and V=250 run the kernel's loop over 2 and 4 blocks,
+    the last one partial."""
+    import kernels.triton_ce as tce
+    monkeypatch.setattr(tce, "MAX_BLOCK", 64)
+
+
+def make_inputs(n, v, dtype, bias, seed=0, labels=None, ignore_frac=0.3):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, D, generator=g)
+    w = torch.randn(v, D, generator=g) / D ** 0.5 * 3  # logits of a few units: softmax not flat
+    b = torch.randn(v, generator=g) if bias else None
+    if labels is None:
+        labels = torch.randint(0, v, (n,), generator=g)
+        labels[torch.rand(n, generator=g) < ignore_frac] = -100
+    return h.to(dtype), w.to(dtype), (b.to(dtype) if bias else None), labels
+
+
+def grads(fn, h, w, b, labels, reduction, device, weights, **opts):
+    """Loss and (grad h, grad w, grad b) of fn on copies of the inputs on `device`."""
+    h = h.detach().to(device).requires_grad_()
+    w = w.detach().to(device).requires_grad_()
+    b = b.detach().to(device).requires_grad_() if b is not None else None
+    loss = fn(h, w, labels.to(device), bias=b, reduction=reduction, **opts)
+    (loss * weights.to(device, loss.dtype) if reduction == "none" else loss).sum().backward()
+    return loss.detach().double().cpu(), [t.grad.double().cpu() if t is not None else None for t in (h, w, b)]
+
+
+def check(impl, n, v, dtype, reduction, bias, opts, labels=None, seed=0):
+    h, w, b, labels = make_inputs(n, v, dtype, bias, seed, labels)
+    weights = torch.rand(n, generator=torch.Generator().manual_seed(seed + 1))  # grad_output for "none"
+    ref_loss, ref_grads = grads(reference_linear_cross_entropy, h.double(), w.double(),
+                                b.double() if bias else None, labels, reduction, "cpu", weights.double(), **opts)
+    loss, got = grads(lambda *a, **k: linear_cross_entropy(*a, impl=impl, chunk_size=CHUNK, **k),
+                      h, w, b, labels, reduction, DEVICE, weights, **opts)
+    rtol, gtol = TOL[dtype]
+    assert torch.isfinite(loss).all()
+    assert torch.allclose(loss, ref_loss, rtol=rtol, atol=rtol), (loss, ref_loss)
+    for name, g, r in zip("hwb", got, ref_grads):
+        if r is None:
+            assert g is None
+            continue
+        assert torch.isfinite(g).all(), name
+        err = (g - r).abs().max().item()
+        assert err <= gtol * max(r.abs().max().item(), 1e-6), f"grad {name}: max error {err:.3g}"
+
+
+GRID = list(itertools.product([1, 7, 37], [101, 250], ["mean", "sum", "none"], sorted(OPTIONS)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("n,v,reduction,opt", GRID)
+def test_chunked_matches_float64_reference(n, v, reduction, opt, dtype):
+    check("chunked", n, v, dtype, reduction, bias=(n + v) % 2 == 0, opts=OPTIONS[opt])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("opt", sorted(OPTIONS))
+def test_triton_matches_float64_reference(opt, reduction, bias, small_triton_block):
+    check("triton", 7, 101 if bias else 250, torch.float32, reduction, bias, OPTIONS[opt])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_triton_low_precision_and_several_chunks(dtype, small_triton_block):
+    check("triton", 37, 101, dtype, "mean", True, OPTIONS["all"])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_naive_matches_float64_reference(dtype, reduction):
+    check("naive", 37, 250, dtype, reduction, True, OPTIONS["all"])
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton", "naive"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_labels_ignored_gives_zero_loss_and_grads(impl, reduction):
+    h, w, b, labels = make_inputs(7, 101, torch.float32, True, labels=torch.full((7,), -100))
+    loss, got = grads(lambda *a, **k: linear_cross_entropy(*a, impl=impl, chunk_size=CHUNK, **k),
+                      h, w, b, labels, reduction, DEVICE, torch.ones(7), **OPTIONS["all"])
+    assert not loss.isnan().any() and (loss == 0).all()
+    for g in got:
+        assert not g.isnan().any() and (g == 0).all()
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_one_valid_label(impl, reduction, small_triton_block):
+    labels = torch.full((7,), -100)
+    labels[4] = 99
+    check(impl, 7, 101, torch.float32, reduction, True, OPTIONS["all"], labels=labels)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton", "naive"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_return_token_losses(impl, reduction, small_triton_block):
+    """The trainer's call: a reduced loss for backward plus detached per-token losses that
+    equal the reference per-token losses (0 at ignored tokens) and sum to the loss."""
+    h, w, b, labels = make_inputs(37, 101, torch.float32, True)
+    h, w, b = (t.to(DEVICE).requires_grad_() for t in (h, w, b))
+    opts = OPTIONS["all"]
+    loss, tokens = linear_cross_entropy(h, w, labels.to(DEVICE), bias=b, reduction=reduction, impl=impl,
+                                        chunk_size=CHUNK, return_token_losses=True, **opts)
+    ref = reference_linear_cross_entropy(h.detach().double(), w.detach().double(), labels.to(DEVICE),
+                                         b.detach().double(), reduction="none", **opts)
+    assert tokens.shape == (37,) and not tokens.requires_grad
+    assert torch.allclose(tokens.double(), ref, rtol=1e-5, atol=1e-5)
+    assert (tokens[labels == -100] == 0).all()
+    total = tokens.double().sum() / ((labels != -100).sum() if reduction == "mean" else 1)
+    assert torch.allclose(loss.detach().double(), total, rtol=1e-5)
+    loss.backward()
+    assert torch.isfinite(w.grad).all()
+
+
+def test_bad_inputs_raise():
+    h, w, b, labels = make_inputs(7, 101, torch.float32, False)
+    for bad, match in [(dict(impl="fast"), "impl"), (dict(reduction="avg"), "reduction"),
+                       (dict(softcap=0.0), "softcap"), (dict(label_smoothing=1.5), "label_smoothing")]:
+        with pytest.raises(ValueError, match=match):
+            linear_cross_entropy(h, w, labels, **bad)
+    with pytest.raises(ValueError, match="label 101 out of range"):
+        linear_cross_entropy(h, w, torch.tensor([0, 1, 101, -100, 3, 4, 5]))
+    with pytest.raises(ValueError, match="weight"):
+        linear_cross_entropy(h, w[:, :8], labels)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_chunked_never_materializes_n_by_v(reduction):
+    """Every tensor made in forward and backward is smaller than N x V, and the most alive
+    at once is a few chunk x V buffers plus grad_W/grad_h: the chunked loss holds one chunk
+    of logits at a time. The naive loss, tracked the same way, does make an N x V tensor
+    (so the tracker sees what it must)."""
+    n, v, chunk = 1024, 512, 32
+    h, w, b, labels = make_inputs(n, v, torch.float32, True)
+    peaks = {}
+    for impl in ("chunked", "naive"):
+        hh, ww, bb = (t.clone().requires_grad_() for t in (h, w, b))
+        with TensorMemoryTracker() as mem:
+            loss = linear_cross_entropy(hh, ww, labels, bias=bb, reduction=reduction, impl=impl, chunk_size=chunk)
+            loss.sum().backward()
+        peaks[impl] = mem
+    assert peaks["chunked"].max_numel < n * v, peaks["chunked"].max_shape
+    bound = 4 * (4 * chunk * v + 3 * (n * D + v * D + v))
+    assert bound < 4 * n * v / 2
+    assert peaks["chunked"].peak_bytes < bound, peaks["chunked"].peak_bytes
+    assert peaks["naive"].max_numel >= n * v
+    assert peaks["naive"].peak_bytes > 4 * n * v
+
+
+def test_ignored_rows_with_huge_logits_stay_finite():
+    """An ignored row whose logits overflow exp() must not turn its zero gradient into NaN."""
+    h, w, b, labels = make_inputs(4, 101, torch.float32, False, labels=torch.tensor([-100, 3, -100, 5]))
+    h = h * 100
+    for impl in ("chunked", "triton"):
+        loss, got = grads(lambda *a, **k: linear_cross_entropy(*a, impl=impl, **k), h, w, b, labels, "sum",
+                          DEVICE, torch.ones(4), softcap=None)
+        assert torch.isfinite(loss).all() and all(torch.isfinite(g).all() for g in got if g is not None)
+        assert (got[0][[0, 2]] == 0).all()
