@@ -68,8 +68,9 @@ def run_experiment(config_path: str, overrides: list[str] = (), only: list[str] 
     for spec in specs:
         t0 = time.time()
         run_dir = root / spec.name
-        run_over = list(overrides) + [f"run_dir={run_dir}", f"tracking.uri={uri}", f"tracking.run_name={spec.name}",
-                                      *spec.overrides]
+        # The matrix entry changes the base config; command-line --set wins over both.
+        run_over = [f"run_dir={run_dir}", f"tracking.uri={uri}", f"tracking.run_name={spec.name}",
+                    *spec.overrides, *overrides]
         cfg = load_config(config_path, run_over, check_paths=True)
         if run_dir.exists() and not resume:
             shutil.rmtree(run_dir)

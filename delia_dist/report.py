@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-KEY_COLUMNS = [("run", "run"), ("steps", "steps"), ("diverse_share", "diverse share"),
-               ("train_loss_last", "train loss"), ("eval/translation/bleu", "BLEU"),
-               ("eval/translation/chrf", "chrF"), ("eval/format/accuracy", "fmt acc"),
-               ("eval/format/f1", "fmt F1"), ("eval/format/well_formed", "well-formed"),
-               ("eval/format/format_token_loss", "fmt-token loss"),
-               ("align/<sep>/json/l0", "d(<sep>,json) l0"), ("wall_s", "time s")]
+# Single-word labels keep the terminal table easy to read and to parse with awk.
+KEY_COLUMNS = [("run", "run"), ("steps", "steps"), ("diverse_share", "diverse_share"),
+               ("train_loss_last", "train_loss"), ("eval/translation/bleu", "BLEU"),
+               ("eval/translation/chrf", "chrF"), ("eval/translation/bleurt", "BLEURT"),
+               ("eval/format/accuracy", "fmt_acc"), ("eval/format/f1", "fmt_F1"),
+               ("eval/format/well_formed", "well_formed"), ("eval/format/format_token_loss", "fmt_tok_loss"),
+               ("align/<sep>/json/l0", "d(<sep>,json)_l0"), ("wall_s", "time_s")]
 
 
 def _fmt(v) -> str:

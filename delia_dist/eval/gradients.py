@@ -25,7 +25,7 @@ def flat_grad(model, batch) -> torch.Tensor:
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(_loss(model, batch), params, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-                      for g, p in zip(grads, params)])
+                      for g, p in zip(grads, params)]).double()
 
 
 def _cat(a: dict, b: dict) -> dict:

@@ -1,0 +1,45 @@
+"""Special-token alignment and the gradient-buffering diagnostic on the tiny model."""
+from __future__ import annotations
+
+import torch
+
+from delia_dist.config import NewTokenConfig
+from delia_dist.eval.alignment import alignment_metrics
+from delia_dist.eval.gradients import gradient_cosines
+from delia_dist.new_tokens import add_tokens, resize_and_init
+
+
+def test_alignment_moves_when_the_new_token_takes_a_keywords_embedding(tiny_tokenizer_dir, tiny_model):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    add_tokens(tok, [NewTokenConfig(token="<sep>", init="random")])
+    resize_and_init(tiny_model, tok, [NewTokenConfig(token="<sep>", init="random")], 64)
+    keywords = {"<sep>": ["json", "thought"]}
+    before = alignment_metrics(tiny_model, tok, keywords, [0, 1, 2])
+    assert {"align/<sep>/json/l0", "align/<sep>/json/l2", "align_cos/<sep>/thought/l1"} <= before.keys()
+    json_ids = tok("json", add_special_tokens=False)["input_ids"]
+    emb = tiny_model.get_input_embeddings().weight
+    with torch.no_grad():
+        emb[tok.convert_tokens_to_ids("<sep>")] = emb[json_ids].mean(0)
+    after = alignment_metrics(tiny_model, tok, keywords, [0, 1, 2])
+    assert before["align/<sep>/json/l0"] > 0.1
+    assert after["align/<sep>/json/l0"] < 1e-6 and after["align_cos/<sep>/json/l0"] > 0.999999
+    if len(json_ids) == 1:  # one token: the whole forward sees the same input
+        assert after["align/<sep>/json/l2"] < 1e-5
+    assert after["align/<sep>/thought/l0"] != before["align/<sep>/thought/l0"]
+
+
+def test_gradient_cosines(tiny_model):
+    torch.manual_seed(0)
+    v = tiny_model.config.vocab_size
+
+    def batch(seed):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, v, (2, 16), generator=g)
+        return {"input_ids": ids, "labels": torch.roll(ids, -1, 1), "position_ids": torch.arange(16).expand(2, 16)}
+
+    same = gradient_cosines(tiny_model, batch(1), batch(1))
+    assert abs(same["grad_cos/diverse_vs_downstream"] - 1.0) < 1e-5
+    diff = gradient_cosines(tiny_model, batch(1), batch(2))
+    assert -1.0 <= diff["grad_cos/diverse_vs_downstream"] < 0.99
+    assert 0.0 < diff["grad_cos/downstream_vs_mixed"] < 1.0
