@@ -43,34 +43,37 @@ def _chunk_rows(n: int, v: int, chunk_size: Optional[int]) -> int:
 def _row_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *,
                        label_smoothing: float, z_loss: float, softcap: Optional[float],
                        grad_scale: Optional[torch.Tensor], want_grad: bool):
-    """Loss per row and (if want_grad) d loss / d logits, in place into `logits` (fp32).
+    """Loss per row and (if want_grad) d loss / d logits, in place into `logits` (fp32,
+    overwritten either way).
 
     grad_scale: per-row multiplier for the gradient (1/n_valid for mean, 1 for sum).
     Loss and lse are 0 on ignored rows, as in the Triton kernel.
     """
-    # Everything C x V below works in place on `logits`, plus one tanh buffer with softcap
-    # and logsumexp's scratch: the torch path's memory stays a small multiple of C x V.
+    # Everything C x V below works in place on `logits` (plus one tanh buffer with softcap):
+    # the torch path holds one C x V buffer, as the Triton kernel does.
     z = logits
     if softcap is not None:
         t = z.div(softcap).tanh_()
         z = torch.mul(t, softcap, out=z)
-    lse = torch.logsumexp(z, dim=-1)
     safe = labels.clamp(min=0)
     z_y = z.gather(1, safe[:, None]).squeeze(1)
     eps = label_smoothing
+    z_mean = z.mean(dim=-1) if eps else None
+    m = z.amax(dim=-1)
+    p = z.sub_(m[:, None]).exp_()
+    total = p.sum(dim=-1)
+    lse = m + total.log()
     loss = (1.0 - eps) * (lse - z_y)
     if eps:
-        loss = loss + eps * (lse - z.mean(dim=-1))
+        loss = loss + eps * (lse - z_mean)
     if z_loss:
         loss = loss + z_loss * lse * lse
     zero = torch.zeros_like(loss)
     loss = torch.where(valid, loss, zero)
     if not want_grad:
         return loss, torch.where(valid, lse, zero), None
-    # Softmax from the true lse even on ignored rows (exp stays finite), zeroed by the scale.
-    p = z.sub_(lse[:, None]).exp_()
-    if z_loss:
-        p.mul_((1.0 + 2.0 * z_loss * lse)[:, None])
+    # softmax * (1 + 2 z_loss lse) [the z-loss term], every row: ignored ones are zeroed below.
+    p.mul_(((1.0 + 2.0 * z_loss * lse) / total)[:, None])
     if eps:
         p.sub_(eps / z.shape[-1])
     p.scatter_add_(1, safe[:, None], torch.full_like(z_y[:, None], -(1.0 - eps)))
@@ -78,6 +81,15 @@ def _row_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, valid: torch.
         p.mul_(t.mul_(t).neg_().add_(1.0))
     p.mul_((grad_scale * valid)[:, None])
     return loss, torch.where(valid, lse, zero), p
+
+
+def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
+    """grad_w (fp32) += g^T @ h. fp32 inputs accumulate in place (no V x D temporary);
+    16-bit ones multiply in their dtype, as the logits were made."""
+    if h.dtype == torch.float32:
+        grad_w.addmm_(g.T, h)
+    else:
+        grad_w += (g.T.to(h.dtype) @ h).float()
 
 
 def _rows(use_triton: bool, logits, labels, valid, **kw):
@@ -116,7 +128,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
             losses[s:e] = loss
             if precompute:
                 grad_h[s:e] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
-                grad_w += (g.T.to(h.dtype) @ h).float()
+                _accumulate_grad_w(grad_w, g, h)
                 if grad_b is not None:
                     grad_b += g.sum(0)
         ctx.reduction, ctx.has_bias = reduction, bias is not None
@@ -163,7 +175,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
             _, _, g = _rows(use_triton, logits, lab, lab != ignore_index, label_smoothing=label_smoothing,
                             z_loss=z_loss, softcap=softcap, grad_scale=grad_out[s:e].float(), want_grad=True)
             gh[s:e] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
-            gw += (g.T.to(h.dtype) @ h).float()
+            _accumulate_grad_w(gw, g, h)
             if gb is not None:
                 gb += g.sum(0)
         return (gh, gw.to(weight.dtype), gb.to(weight.dtype) if gb is not None else None,

@@ -1,0 +1,162 @@
+"""Fused linear + cross-entropy benchmark: time and peak extra memory of forward+backward,
+ours beside the naive `logits = h @ W.T; cross_entropy(logits.float(), y)`, in one run.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_linear_ce.py                  # CPU, chunked
+    python bench/bench_linear_ce.py --device cuda --n 8192 --d 4096 8192 --v 128256 --dtype bf16
+
+Peak extra memory = the most bytes alive at once among the tensors created by forward and
+backward (inputs excluded; gradients of hidden and weight included, both methods make them).
+CUDA: torch.cuda.max_memory_allocated() minus the allocation before the step. CPU, where
+torch keeps no allocator statistics: kernels.memtrack.TensorMemoryTracker, which sums live
+tensor storages through a TorchDispatchMode (exact for tensors; BLAS scratch not counted),
+in a separate untimed pass. On CUDA, Liger-Kernel's LigerFusedLinearCrossEntropyLoss and
+Apple's cut-cross-entropy `linear_cross_entropy` join the table when installed.
+
+FLOPs: logits (2*N*D*V), grad of hidden (2*N*D*V) and grad of weight (2*N*D*V) = 6*N*D*V
+for every method here; ours computes the logits once (gradients made in the forward).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels import linear_cross_entropy  # noqa: E402
+from kernels.memtrack import TensorMemoryTracker  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def naive(h, w, y):
+    return torch.nn.functional.cross_entropy((h @ w.T).float(), y)
+
+
+def ours(chunk_size: Optional[int]):
+    return lambda h, w, y: linear_cross_entropy(h, w, y, chunk_size=chunk_size)
+
+
+def optional_baselines() -> dict[str, Callable]:
+    """Other fused losses, only if installed (never installed by this script)."""
+    found = {}
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        liger = LigerFusedLinearCrossEntropyLoss()
+        found["liger"] = lambda h, w, y: liger(w, h, y)
+    except ImportError:
+        pass
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+        found["cut-cross-entropy"] = lambda h, w, y: cce(h, w, y)
+    except ImportError:
+        pass
+    return found
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def step(fn, h, w, y) -> None:
+    h.grad = w.grad = None
+    fn(h, w, y).backward()
+
+
+def peak_bytes(fn, h, w, y, device: str) -> int:
+    h.grad = w.grad = None
+    if device == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(fn, h, w, y)
+        sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    with TensorMemoryTracker() as mem:
+        step(fn, h, w, y)
+    return mem.peak_bytes
+
+
+def seconds(fn, h, w, y, device: str, repeats: int) -> float:
+    step(fn, h, w, y)  # warm-up (Triton compile, allocator)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        step(fn, h, w, y)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--n", type=int, default=2048, help="tokens")
+    ap.add_argument("--d", type=int, nargs="+", default=[256], help="hidden sizes")
+    ap.add_argument("--v", type=int, default=32000, help="vocabulary")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    ap.add_argument("--chunk-size", type=int, nargs="+", default=[0],
+                    help="rows per chunk, one row of the table each (0: the default, ~256 MiB of fp32 logits)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no GPU", file=sys.stderr)
+        return 2
+    dtype = DTYPES[args.dtype]
+    methods = {"naive": naive}
+    for c in args.chunk_size:
+        methods[f"ours (chunk {c or 'default'})"] = ours(c or None)
+    if args.device == "cuda":
+        methods.update(optional_baselines())
+    where = torch.cuda.get_device_name() if args.device == "cuda" else \
+        f"{cpu_model()}, torch threads {torch.get_num_threads()}"
+    print(f"# torch {torch.__version__}, {where}, N={args.n} V={args.v} {args.dtype}, "
+          f"fwd+bwd median of {args.repeats}; memory: "
+          f"{'cuda max_memory_allocated' if args.device == 'cuda' else 'TensorMemoryTracker live tensor bytes'}")
+    print(f"| D | method | time (s) | time / naive | peak extra memory (MiB) | memory / naive | GFLOP/s (6NDV) |")
+    print("|---|---|---|---|---|---|---|")
+    for d in args.d:
+        g = torch.Generator(device=args.device).manual_seed(0)
+        h = torch.randn(args.n, d, device=args.device, generator=g).to(dtype).requires_grad_()
+        w = (torch.randn(args.v, d, device=args.device, generator=g) / d ** 0.5).to(dtype).requires_grad_()
+        y = torch.randint(0, args.v, (args.n,), device=args.device, generator=g)
+        flops = 6 * args.n * d * args.v
+        rows = {}
+        for name, fn in methods.items():
+            try:
+                mem = peak_bytes(fn, h, w, y, args.device)
+                rows[name] = (seconds(fn, h, w, y, args.device, args.repeats), mem)
+            except torch.OutOfMemoryError:
+                rows[name] = None
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        base = rows.get("naive")
+        for name, r in rows.items():
+            if r is None:
+                print(f"| {d} | {name} | OOM | | | | |")
+                continue
+            t, m = r
+            tr = f"{t / base[0]:.2f}x" if base else "-"
+            mr = f"{m / base[1]:.3f}x" if base else "-"
+            print(f"| {d} | {name} | {t:.3f} | {tr} | {m / 2**20:.1f} | {mr} | {flops / t / 1e9:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
