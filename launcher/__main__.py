@@ -8,18 +8,23 @@ trainer, and exits with a code the sbatch script acts on: 0 done, 75 preempted
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import socket
 import sys
 import traceback
 
-from .env import detect_env
+from .env import DistEnv, EnvError, detect_env
 from .signals import StopFlag
 
 EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED = 0, 1, 75
+# `delia train` sets this so it can report "preempted" although torchrun turns every
+# non-zero worker exit into 1; rank 0 writes its TrainResult there as JSON.
+RESULT_FILE_ENV = "DELIA_RESULT_FILE"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,23 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--timeout", type=float, default=float(os.environ.get("DELIA_DIST_TIMEOUT", 600)),
-                   help="seconds a collective may wait for a peer before the job fails (default 600)")
-    args = parser.parse_args(argv)
+                   help="seconds a collective may wait for a peer before the job fails "
+                        "(default $DELIA_DIST_TIMEOUT or 600)")
+    return parser
 
-    env = detect_env()
-    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
-                        format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s", stream=sys.stdout)
-    stop = StopFlag.install()
-    code = EXIT_FAILED
+
+def train(args, env: DistEnv, stop: StopFlag) -> int:
+    """Run the trainer on this rank and return the exit code; never raises."""
     try:
         from delia_dist.config import load_config
         from delia_dist.trainer import run_training
         cfg = load_config(args.config, args.overrides, check_paths=True)
         result = run_training(cfg, env, stop_requested=stop.is_set, timeout_s=args.timeout)
-        code = EXIT_PREEMPTED if result.status == "preempted" else EXIT_DONE
-        if env.is_main:
-            print(f"[delia] training {result.status} at step {result.step}; checkpoint {result.checkpoint}; "
-                  f"mlflow run {result.run_id}", flush=True)
     except Exception as e:  # one line for users, the traceback for whoever debugs it
         from delia_dist.config import ConfigError
         if isinstance(e, ConfigError):
@@ -51,18 +51,49 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"[rank {env.rank}] training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             traceback.print_exc()
-        code = EXIT_FAILED
-    finally:
-        if code != EXIT_FAILED:
-            try:
-                from delia_dist import distributed
-                distributed.teardown()
-            except Exception as e:  # never turn a finished run into a failure at teardown
-                print(f"[rank {env.rank}] teardown: {e}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # os._exit: gloo's background threads crash the interpreter at exit now and then.
-        os._exit(code)
+        return EXIT_FAILED
+    code = EXIT_PREEMPTED if result.status == "preempted" else EXIT_DONE
+    if env.is_main:
+        print(f"[delia] training {result.status} at step {result.step}; checkpoint {result.checkpoint}; "
+              f"mlflow run {result.run_id}", flush=True)
+        if os.environ.get(RESULT_FILE_ENV):
+            with open(os.environ[RESULT_FILE_ENV], "w") as f:
+                json.dump({"status": result.status, "step": result.step, "checkpoint": result.checkpoint,
+                           "run_id": result.run_id, "exit_code": code}, f)
+    return code
+
+
+def teardown(env: DistEnv, code: int) -> None:
+    """Leave the process group in step with the other ranks. A failed rank skips it: its
+    peers may be gone, and the barrier inside would only wait for the timeout."""
+    if code == EXIT_FAILED:
+        return
+    try:
+        from delia_dist import distributed
+        distributed.teardown()
+    except Exception as e:  # never turn a finished run into a failure at teardown
+        print(f"[rank {env.rank}] teardown: {e}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        env = detect_env()
+    except EnvError as e:
+        print(f"launcher: {e}", file=sys.stderr, flush=True)
+        os._exit(EXIT_FAILED)
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
+                        format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s", stream=sys.stdout)
+    print(f"[rank {env.rank}] {env.launcher}: rank {env.rank}/{env.world_size} local {env.local_rank}/"
+          f"{env.local_world_size} on {socket.gethostname()} (node {env.node_rank}/{env.num_nodes}), "
+          f"master {env.master_addr}:{env.master_port}, restart {env.restart_count}", flush=True)
+    stop = StopFlag.install(rank=env.rank)
+    code = train(args, env, stop)
+    teardown(env, code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit: gloo's background threads crash the interpreter at exit now and then.
+    os._exit(code)
 
 
 if __name__ == "__main__":

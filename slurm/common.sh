@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# Shared by the delia sbatch scripts (sourced, not submitted).
+#
+# Preemption flow (the scripts submit with --requeue --open-mode=append --signal=B:USR1@N):
+#   1. Slurm sends USR1 to this batch shell N seconds before the time limit (or an admin
+#      runs `scancel --signal=USR1 --batch JOBID`); a preemption sends TERM.
+#   2. The trap forwards USR1 to srun, which forwards it to every rank.
+#   3. The ranks agree at the next step boundary, write a checkpoint and exit 75.
+#   4. srun ends with 75; this shell runs `scontrol requeue $SLURM_JOB_ID`; the requeued
+#      job resumes from <run_dir>/checkpoints/latest (same data position, same MLflow run).
+# Any other non-zero exit is a failure and is NOT requeued (a crash loop would burn the
+# allocation); resubmit after fixing, training resumes from the last complete checkpoint.
+#
+# Variables a user overrides with `sbatch --export=ALL,NAME=value ...`:
+#   DELIA_ROOT       repo checkout (default: the directory sbatch was run from)
+#   DELIA_VENV       virtualenv with delia-dist installed (default: $DELIA_ROOT/.venv)
+#   DELIA_CONFIG     experiment YAML (each script sets its own default)
+#   DELIA_OVERRIDES  space-separated KEY=VALUE config overrides, e.g. "train.lr=2e-5 train.max_steps=100"
+#   DELIA_WORKDIR    directory the ranks run in; relative paths in the config resolve here
+#                    (default: the submit directory)
+#   DELIA_DIST_TIMEOUT  seconds a collective waits for a dead peer before the job fails (600)
+
+EXIT_PREEMPTED=75
+
+delia_setup() {
+  DELIA_ROOT=${DELIA_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
+  DELIA_VENV=${DELIA_VENV:-$DELIA_ROOT/.venv}
+  DELIA_WORKDIR=${DELIA_WORKDIR:-${SLURM_SUBMIT_DIR:-$PWD}}
+  DELIA_OVERRIDES=${DELIA_OVERRIDES:-}
+  PYTHON=$DELIA_VENV/bin/python
+  if [ ! -x "$PYTHON" ]; then
+    echo "[delia] no python at $PYTHON: set DELIA_VENV (or DELIA_ROOT) with sbatch --export=ALL,DELIA_VENV=..." >&2
+    exit 1
+  fi
+  if [ ! -f "$DELIA_CONFIG" ] && [ ! -f "$DELIA_WORKDIR/$DELIA_CONFIG" ]; then
+    echo "[delia] config not found: $DELIA_CONFIG (set DELIA_CONFIG)" >&2
+    exit 1
+  fi
+  cd "$DELIA_WORKDIR" || exit 1
+  # The package and its launcher come from the checkout even if the venv lacks them.
+  export PYTHONPATH="$DELIA_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+  export DELIA_DIST_TIMEOUT=${DELIA_DIST_TIMEOUT:-600}
+  echo "[delia] job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-?}:" \
+       "${SLURM_NTASKS:-1} tasks, config $DELIA_CONFIG, overrides '${DELIA_OVERRIDES}', $(date -Is)"
+}
+
+# The NCCL settings a multi-node InfiniBand cluster needs; each can be overridden by exporting it.
+delia_nccl_env() {
+  export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-^lo,docker0}
+  export NCCL_IB_DISABLE=${NCCL_IB_DISABLE:-0}
+  export NCCL_IB_HCA=${NCCL_IB_HCA:-mlx5}
+  export NCCL_IB_TIMEOUT=${NCCL_IB_TIMEOUT:-22}
+  export NCCL_IB_RETRY_CNT=${NCCL_IB_RETRY_CNT:-7}
+  export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+  # A rank that loses a peer aborts instead of hanging in a collective until the time limit.
+  export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+  export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-8}
+}
+
+# Run the training ranks under srun, forward preemption signals, requeue on exit 75.
+delia_train() {
+  local overrides=() cmd srun_pid rc interrupted
+  read -r -a overrides <<< "$DELIA_OVERRIDES"
+  cmd=("$PYTHON" -m launcher train "$DELIA_CONFIG")
+  for o in "${overrides[@]}"; do
+    cmd+=(--set "$o")
+  done
+  # Slurm 22.05+ no longer passes the job's --cpus-per-task on to srun by itself.
+  srun --kill-on-bad-exit=0 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} "${cmd[@]}" &
+  srun_pid=$!
+  trap 'interrupted=1; echo "[delia] preemption signal: asking the ranks to checkpoint"; kill -USR1 "$srun_pid" 2>/dev/null' USR1 TERM
+  # `wait` returns early when a trapped signal arrives; wait again until srun itself ends.
+  while :; do
+    interrupted=0
+    rc=0
+    wait "$srun_pid" || rc=$?
+    [ "$interrupted" = 1 ] || break
+  done
+  trap - USR1 TERM
+  if [ "$rc" -eq "$EXIT_PREEMPTED" ]; then
+    echo "[delia] checkpoint written; requeueing job $SLURM_JOB_ID ($(date -Is))"
+    scontrol requeue "$SLURM_JOB_ID" || echo "[delia] scontrol requeue failed; resubmit to resume" >&2
+  elif [ "$rc" -ne 0 ]; then
+    echo "[delia] training failed (srun exit $rc); not requeued. Fix and resubmit: it resumes from the last complete checkpoint." >&2
+  else
+    echo "[delia] training finished ($(date -Is))"
+  fi
+  return "$rc"
+}
