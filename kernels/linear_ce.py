@@ -83,6 +83,20 @@ def _row_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, valid: torch.
     return loss, torch.where(valid, lse, zero), p
 
 
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  buf: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the rows h, written into the one reused chunk buffer: a fresh tensor
+    per chunk would hold two chunks at once while the next is made."""
+    out = buf[: h.shape[0]]
+    if h.dtype == torch.float32 and weight.dtype == torch.float32:
+        torch.mm(h, weight.T, out=out)
+    else:
+        out.copy_(h @ weight.T)  # 16-bit matmul as the model would do it, then fp32
+    if bias is not None:
+        out += bias.float()
+    return out
+
+
 def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
     """grad_w (fp32) += g^T @ h. fp32 inputs accumulate in place (no V x D temporary);
     16-bit ones multiply in their dtype, as the logits were made."""
@@ -116,12 +130,11 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_b = torch.zeros(v, dtype=torch.float32, device=hidden.device) if precompute and bias is not None else None
         scale = (1.0 / n_valid.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=hidden.device)
         step = _chunk_rows(n, v, chunk_size)
+        buf = torch.empty(min(step, n), v, dtype=torch.float32, device=hidden.device)
         for s in range(0, n, step):
             e = min(n, s + step)
             h = hidden[s:e]
-            logits = (h @ weight.T).float()
-            if bias is not None:
-                logits += bias.float()
+            logits = _chunk_logits(h, weight, bias, buf)
             lab, val = labels[s:e], valid_all[s:e]
             loss, _, g = _rows(use_triton, logits, lab, val, label_smoothing=label_smoothing, z_loss=z_loss,
                                softcap=softcap, grad_scale=scale.expand(e - s), want_grad=precompute)
@@ -165,12 +178,11 @@ class _ChunkedLinearCE(torch.autograd.Function):
         gw = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device)
         gb = torch.zeros(v, dtype=torch.float32, device=hidden.device) if bias is not None else None
         step = _chunk_rows(n, v, chunk_size)
+        buf = torch.empty(min(step, n), v, dtype=torch.float32, device=hidden.device)
         for s in range(0, n, step):
             e = min(n, s + step)
             h = hidden[s:e]
-            logits = (h @ weight.T).float()
-            if bias is not None:
-                logits += bias.float()
+            logits = _chunk_logits(h, weight, bias, buf)
             lab = labels[s:e]
             _, _, g = _rows(use_triton, logits, lab, lab != ignore_index, label_smoothing=label_smoothing,
                             z_loss=z_loss, softcap=softcap, grad_scale=grad_out[s:e].float(), want_grad=True)
