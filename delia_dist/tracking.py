@@ -22,7 +22,7 @@ from .redact import redact, redact_text
 log = logging.getLogger("delia.tracking")
 MAX_PARAM_LEN = 6000
 MAX_QUEUE = 10_000
-RETRY_AFTER_S = 10.0
+RETRY_AFTER_S = 10.0  # class default; tests shorten it per tracker
 
 
 _BAD_NAME = re.compile(r"[^\w\-. :/]")
@@ -67,6 +67,7 @@ class Tracker:
         self._sysmon = None
         self._pending_start = None
         self._uri = ""
+        self.retry_after_s = RETRY_AFTER_S
 
     # -- state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -84,12 +85,18 @@ class Tracker:
         # Short timeouts: a dead server must cost seconds, not the default minutes per call.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         uri = default_uri(self.cfg, self.run_dir)
-        mlflow.set_tracking_uri(uri)
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)  # for the system-metrics monitor's own client
+        if previous is None:  # set_tracking_uri exports the variable; keep it from leaking
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
         self._uri = uri
         self._pending_start = (config, tags)
         self._client = MlflowClient(uri)
@@ -127,8 +134,8 @@ class Tracker:
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning("MLflow at %s failed (%s); training continues, metrics are queued and "
-                        "retried every %.0f s", redact_text(self._uri), redact_text(str(e))[:300], RETRY_AFTER_S)
-        self._next_try = time.monotonic() + RETRY_AFTER_S
+                        "retried every %.0f s", redact_text(self._uri), redact_text(str(e))[:300], self.retry_after_s)
+        self._next_try = time.monotonic() + self.retry_after_s
 
     def _experiment_id(self, uri: str) -> str:
         exp = self._client.get_experiment_by_name(self.cfg.experiment)
