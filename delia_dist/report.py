@@ -50,6 +50,14 @@ def _metrics_rows(run_dir: str) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
+def _smooth(values: list[float], window: int = 10) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v - (values[i - window] if i >= window else 0.0)
+        out.append(acc / min(i + 1, window))
+    return out
+
+
 def plot_losses(results: list[dict], path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -61,8 +69,10 @@ def plot_losses(results: list[dict], path: Path) -> Path:
         for r in results:
             rows = [m for m in _metrics_rows(r.get("run_dir", "")) if f"loss/{source}" in m]
             if rows:
-                ax.plot([m["step"] for m in rows], [m[f"loss/{source}"] for m in rows], label=r["run"])
-        ax.set_title(f"training loss on {source} tokens")
+                steps, vals = [m["step"] for m in rows], [m[f"loss/{source}"] for m in rows]
+                line, = ax.plot(steps, _smooth(vals), label=r["run"])
+                ax.plot(steps, vals, color=line.get_color(), alpha=0.15, linewidth=0.8)
+        ax.set_title(f"training loss on {source} tokens (10-step mean, raw faded)")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.grid(alpha=0.3)
@@ -82,17 +92,23 @@ def plot_metric_vs_share(results: list[dict], path: Path) -> Path | None:
     keys = sorted({k for r in results for k in r if k.startswith("eval/") and not k.endswith("loss")})
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    ncols = min(4, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
         for r in results:
             if key in r:
-                ax.scatter(r.get("diverse_share", 0.0), r[key], s=30)
-                ax.annotate(r["run"], (r.get("diverse_share", 0.0), r[key]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.scatter(r.get("diverse_share", 0.0), r[key], s=30, label=r["run"])
         ax.set_title(key.removeprefix("eval/"), fontsize=9)
         ax.set_xlabel("diverse share of training tokens")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("evaluation metrics against the diverse-data share", fontsize=11)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
