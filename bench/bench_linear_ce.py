@@ -92,16 +92,20 @@ def peak_bytes(fn, h, w, y, device: str) -> int:
     return mem.peak_bytes
 
 
-def seconds(fn, h, w, y, device: str, repeats: int) -> float:
-    step(fn, h, w, y)  # warm-up (Triton compile, allocator)
-    times = []
+def seconds_round_robin(methods: dict[str, Callable], h, w, y, device: str, repeats: int) -> dict[str, float]:
+    """Median fwd+bwd seconds per method, the methods taking turns so that load from other
+    processes on a shared machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for name, fn in methods.items():
+        step(fn, h, w, y)  # warm-up (Triton compile, allocator)
     for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        step(fn, h, w, y)
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in methods.items():
+            sync(device)
+            t = time.perf_counter()
+            step(fn, h, w, y)
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> int:
@@ -127,7 +131,7 @@ def main() -> int:
     where = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"{cpu_model()}, torch threads {torch.get_num_threads()}"
     print(f"# torch {torch.__version__}, {where}, N={args.n} V={args.v} {args.dtype}, "
-          f"fwd+bwd median of {args.repeats}; memory: "
+          f"fwd+bwd median of {args.repeats} (methods in turn); memory: "
           f"{'cuda max_memory_allocated' if args.device == 'cuda' else 'TensorMemoryTracker live tensor bytes'}")
     print(f"| D | method | time (s) | time / naive | peak extra memory (MiB) | memory / naive | GFLOP/s (6NDV) |")
     print("|---|---|---|---|---|---|---|")
@@ -137,15 +141,18 @@ def main() -> int:
         w = (torch.randn(args.v, d, device=args.device, generator=g) / d ** 0.5).to(dtype).requires_grad_()
         y = torch.randint(0, args.v, (args.n,), device=args.device, generator=g)
         flops = 6 * args.n * d * args.v
-        rows = {}
+        mems = {}
         for name, fn in methods.items():
             try:
-                mem = peak_bytes(fn, h, w, y, args.device)
-                rows[name] = (seconds(fn, h, w, y, args.device, args.repeats), mem)
+                mems[name] = peak_bytes(fn, h, w, y, args.device)
             except torch.OutOfMemoryError:
-                rows[name] = None
+                mems[name] = None
+            h.grad = w.grad = None
             if args.device == "cuda":
                 torch.cuda.empty_cache()
+        runnable = {name: fn for name, fn in methods.items() if mems[name] is not None}
+        secs = seconds_round_robin(runnable, h, w, y, args.device, args.repeats)
+        rows = {name: (secs[name], mems[name]) if name in secs else None for name in methods}
         base = rows.get("naive")
         for name, r in rows.items():
             if r is None:
