@@ -123,3 +123,37 @@ def test_same_job_trains_across_two_nodes(slurm, workspace, straight):
     ref, got = losses(workspace, "straight"), losses(workspace, name)
     assert sorted(got) == sorted(ref)
     assert max(abs(ref[s] - got[s]) for s in ref) < 1e-4, (ref, got)
+
+
+def test_node_cut_off_fails_within_timeout_and_resubmission_resumes(slurm, workspace):
+    name, timeout_s = "fault", 15
+    pair = ["-p", "pair", "--nodes=2", "--ntasks-per-node=1"]
+    job = submit(slurm, workspace, name, "train.max_steps=1000", "checkpoint.every_steps=3",
+                 sbatch_args=pair, env={"DELIA_DIST_TIMEOUT": str(timeout_s)})
+    wait_for_step(slurm, workspace, name, job, 5)
+    slurm.cut_node("n2")
+    t0 = time.monotonic()
+    try:
+        info = slurm.wait_job(job, {"FAILED", "NODE_FAIL", "PENDING", "CANCELLED", "COMPLETED"},
+                              timeout_s + 60)
+        elapsed = time.monotonic() - t0
+    finally:
+        slurm.restore_node("n2")
+    text = output(workspace, name)
+    assert info["JobState"] != "COMPLETED", text[-3000:]
+    assert elapsed < timeout_s + 60
+    print(f"node cut off: job {info['JobState']} after {elapsed:.1f}s (collective timeout {timeout_s}s)")
+    # The surviving rank says what happened instead of hanging until the time limit.
+    assert re.search(r"\[rank 0\] training failed: \w+: .*timed out", text, re.I), text[-5000:]
+    latest = (workspace / "runs" / name / "checkpoints" / "latest").read_text().strip()
+    last_step = int(latest.removeprefix("step_"))
+    assert last_step >= 3 and (workspace / "runs" / name / "checkpoints" / latest).is_dir()
+    if info["JobState"] == "PENDING":  # Slurm requeued it for the node failure; take over by hand
+        slurm.scancel(job)
+
+    job2 = submit(slurm, workspace, name, f"train.max_steps={last_step + 2}", "checkpoint.every_steps=3",
+                  sbatch_args=pair)
+    finished(slurm, workspace, name, job2)
+    text = output(workspace, name)
+    assert f"resumed from runs/{name}/checkpoints/{latest}" in text
+    assert f"training completed at step {last_step + 2}" in text
