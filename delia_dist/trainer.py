@@ -197,6 +197,9 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
                 log.info("step %d/%d loss %.4f lr %.2e", step, total_steps, loss_value, record["lr"])
             window.zero_()
             t_last = time.perf_counter()
+        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and cfg.eval.alignment.keywords:
+            record.update(_alignment(engine, tokenizer, cfg))
+            tracker.log_metrics({k: v for k, v in record.items() if k.startswith("align")}, step=step)
         metrics_log.write(record)
         preempt = distributed.any_rank(stop_requested())
         if preempt or step % cfg.checkpoint.every_steps == 0:
@@ -212,6 +215,19 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
     tracker.close("FINISHED" if status == "completed" else "KILLED")
     return TrainResult(status=status, step=counters["step"],
                        checkpoint=str(last_ckpt) if last_ckpt else None, run_id=run_id)
+
+
+def _alignment(engine, tokenizer, cfg) -> dict:
+    """New-token vs keyword distances on the live model. Every rank runs it: under ZeRO-3
+    the forward gathers partitioned weights collectively."""
+    from .eval.alignment import alignment_metrics
+    was_training = engine.module.training
+    engine.module.eval()
+    try:
+        return alignment_metrics(engine.module.model, tokenizer, cfg.eval.alignment.keywords,
+                                 cfg.eval.alignment.layers)
+    finally:
+        engine.module.train(was_training)
 
 
 def _local_param_fraction(module) -> float:

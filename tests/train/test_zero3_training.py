@@ -24,10 +24,7 @@ def train(ws: Path, run: str, *overrides: str, env_extra: dict | None = None, ex
     run_dir = ws / run
     cmd = [sys.executable, "-m", "delia_dist.cli", "train", str(REPO / "configs/tiny_cpu.yaml"), "--nproc", "2",
            "--timeout", "120",
-           "--set", f"run_dir={run_dir}", "--set", f"model.tokenizer={ws / 'tokenizer'}",
-           "--set", f"data.sources.diverse.shards={ws / 'shards/diverse/manifest.json'}",
-           "--set", f"data.sources.downstream.shards={ws / 'shards/downstream/manifest.json'}",
-           "--set", "model.config.attention_dropout=0.1", "--set", "checkpoint.every_steps=4",
+           "--set", f"run_dir={run_dir}", "--set", "model.config.attention_dropout=0.1", "--set", "checkpoint.every_steps=4",
            "--set", "tracking.log_every=4", "--set", "checkpoint.keep_last=3"]
     for o in overrides:
         cmd += ["--set", o]
@@ -49,8 +46,8 @@ def fp32_weights(ckpt: Path) -> dict:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     from delia_dist.synth import prepare_workspace
-    root = tmp_path_factory.mktemp("zero3")
-    prepare_workspace(root, n_train=80, n_eval=8, n_diverse=600)
+    root = tmp_path_factory.mktemp("zero3")  # the config's relative paths resolve from here
+    prepare_workspace(root / "runs/tiny", n_train=80, n_eval=8, n_diverse=600)
     return root
 
 
