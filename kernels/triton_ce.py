@@ -61,7 +61,7 @@ def _ce_rows_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, stride_scale,
         z_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
 
     safe_label = tl.where(valid, label, 0)
-    z_y, _t = _capped(tl.load(row_ptr + safe_label), softcap, HAS_SOFTCAP)
+    z_y, _t_y = _capped(tl.load(row_ptr + safe_label), softcap, HAS_SOFTCAP)
     lse = tl.where(valid, m + tl.log(tl.where(valid, s, 1.0)), 0.0)
     loss = (1.0 - label_smoothing) * (lse - z_y) + label_smoothing * (lse - z_sum / V) + z_loss * lse * lse
     tl.store(loss_ptr + row, tl.where(valid, loss, 0.0))
@@ -73,13 +73,14 @@ def _ce_rows_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, stride_scale,
         for start in range(0, V, BLOCK):
             offs = start + cols
             mask = offs < V
+            # Names distinct from pass 1's so no value is mistaken for a loop-carried one.
             if valid:
-                x = tl.load(row_ptr + offs, mask=mask, other=0.0)
-                z, t = _capped(x, softcap, HAS_SOFTCAP)
-                g = tl.exp(z - lse) * p_scale - label_smoothing / V
+                xg = tl.load(row_ptr + offs, mask=mask, other=0.0)
+                zg, tg = _capped(xg, softcap, HAS_SOFTCAP)
+                g = tl.exp(zg - lse) * p_scale - label_smoothing / V
                 g = tl.where(offs == label, g - (1.0 - label_smoothing), g)
                 if HAS_SOFTCAP:
-                    g = g * (1.0 - t * t)
+                    g = g * (1.0 - tg * tg)
                 g = g * scale
             else:
                 g = tl.zeros([BLOCK], dtype=tl.float32)
