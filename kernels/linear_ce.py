@@ -15,7 +15,6 @@ per-token losses (detached, for per-source and per-format-token metrics) at 6*N*
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
