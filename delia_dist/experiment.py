@@ -17,25 +17,46 @@ from .config import Config, load_config
 log = logging.getLogger("delia.experiment")
 
 
-def _run_cmd(cmd: list[str], log_path: Path) -> int:
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_cmd(cmd: list[str], env: dict, log_path: Path) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
-def train_run(config_path: str, overrides: list[str], cfg: Config, run_dir: Path, nproc: int) -> None:
-    log_path = run_dir / "train.log"
+def train_command(config_path: str, overrides: list[str], cfg: Config, run_dir: Path,
+                  nproc: int) -> tuple[list[str], dict[str, str]]:
+    """The command (and its environment) that trains one run of the matrix.
+
+    Slurm gets the config and overrides through the environment with --export=ALL, not
+    inside --export's comma list, so an override holding a comma (a YAML list) survives."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if cfg.experiment.backend == "slurm":
-        cmd = ["sbatch", "--parsable", "--wait", f"--job-name=delia-{run_dir.name}", f"--output={log_path}",
-               f"--export=ALL,DELIA_CONFIG={config_path},DELIA_OVERRIDES={' '.join(overrides)}",
-               cfg.experiment.slurm_script]
+        script = Path(cfg.experiment.slurm_script)
+        if not script.is_file() and (REPO / script).is_file():
+            script = REPO / script
+        if any(" " in o for o in overrides):
+            raise ValueError(f"Slurm runs pass overrides space-separated; these contain spaces: "
+                             f"{[o for o in overrides if ' ' in o]}")
+        env |= {"DELIA_CONFIG": str(Path(config_path).resolve()), "DELIA_OVERRIDES": " ".join(overrides),
+                "DELIA_ROOT": str(REPO), "DELIA_VENV": sys.prefix, "DELIA_WORKDIR": os.getcwd()}
+        cmd = ["sbatch", "--parsable", "--wait", f"--job-name=delia-{run_dir.name}",
+               f"--output={(run_dir / 'train.log').resolve()}", "--open-mode=append", "--export=ALL", str(script)]
     else:
         cmd = [sys.executable, "-m", "delia_dist.cli", "train", config_path, "--nproc", str(nproc)]
         for o in overrides:
             cmd += ["--set", o]
-    code = _run_cmd(cmd, log_path)
+    return cmd, env
+
+
+def train_run(config_path: str, overrides: list[str], cfg: Config, run_dir: Path, nproc: int) -> None:
+    log_path = run_dir / "train.log"
+    cmd, env = train_command(config_path, overrides, cfg, run_dir, nproc)
+    code = _run_cmd(cmd, env, log_path)
     if code != 0:
         tail = log_path.read_text().splitlines()[-25:]
         raise RuntimeError(f"training {run_dir.name} failed (exit {code}); last lines of {log_path}:\n" + "\n".join(tail))

@@ -13,6 +13,8 @@ class EvalTaskConfig:
     kind: Literal["translation", "format"]
     path: str = field(metadata={"path": "exists"})
     max_samples: Optional[int] = None
+    # Split of an HF dataset dir (default: "test", or the only split there is).
+    split: Optional[str] = None
 
 
 @dataclass
@@ -30,8 +32,21 @@ class EvalConfig:
     backend: Literal["auto", "vllm", "transformers"] = "auto"
     bleurt_checkpoint: Optional[str] = field(default=None, metadata={"path": "exists"})
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    # The buffering diagnostic after training: cosine between the gradients of one diverse
+    # and one downstream micro-batch (from the training sources), and between the downstream
+    # gradient alone and with the diverse batch mixed in. Logged as grad_cos/*.
     grad_cosine: bool = False
+    grad_batch_size: int = 4
 
     def validate(self) -> None:
         if self.every_steps is not None and self.every_steps < 1:
             raise ConfigValueError("every_steps", "must be >= 1 or null")
+        if self.max_new_tokens < 1:
+            raise ConfigValueError("max_new_tokens", "must be >= 1")
+        if self.grad_batch_size < 1:
+            raise ConfigValueError("grad_batch_size", "must be >= 1")
+        for token, words in self.alignment.keywords.items():
+            if not words:
+                raise ConfigValueError("alignment.keywords", f"{token!r} has no keywords")
+        if any(l < 0 for l in self.alignment.layers):
+            raise ConfigValueError("alignment.layers", f"layers must be >= 0, got {self.alignment.layers}")

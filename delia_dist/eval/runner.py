@@ -42,6 +42,23 @@ def format_token_losses(model, tokenizer, examples, new_tokens: list[str]) -> di
     return {"answer_loss": all_sum / max(all_n, 1), "format_token_loss": fmt_sum / max(fmt_n, 1)}
 
 
+def source_batch(data_cfg, tokenizer, kind: str, batch_size: int) -> dict:
+    """One packed micro-batch from the training sources of `kind` alone (weights renormalised),
+    exactly as the trainer would see them."""
+    import dataclasses
+
+    from ..data import build_train_stream
+    sources = [s for s in data_cfg.sources if s.kind == kind]
+    if not sources:
+        raise ValueError(f"eval.grad_cosine needs a data source of kind {kind!r}; sources are "
+                         f"{[(s.name, s.kind) for s in data_cfg.sources]}")
+    sources = [dataclasses.replace(s, weight=1.0 / len(sources)) for s in sources]
+    stream = build_train_stream(dataclasses.replace(data_cfg, sources=sources), tokenizer, rank=0, world_size=1,
+                                micro_batch_size=batch_size, num_workers=0)
+    batch = next(iter(stream))
+    return {k: batch[k] for k in ("input_ids", "labels", "position_ids")}
+
+
 def evaluate(model_dir: str | Path, cfg, tracker=None, step: int | None = None) -> dict[str, float]:
     """Scores every task in cfg.eval.tasks; logs metrics and tables to `tracker` if given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,7 +70,7 @@ def evaluate(model_dir: str | Path, cfg, tracker=None, step: int | None = None) 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
     for task in ev.tasks:
-        examples = load_examples(task.path, task.max_samples)
+        examples = load_examples(task.path, task.max_samples, task.split)
         outputs = generate(model_dir, [e.messages for e in examples], ev.max_new_tokens, ev.backend)
         prefix = f"eval/{task.name}"
         if task.kind == "translation":
@@ -83,6 +100,10 @@ def evaluate(model_dir: str | Path, cfg, tracker=None, step: int | None = None) 
         log.info("%s: %s", task.name, {k: round(v, 4) for k, v in scores.items()})
     if ev.alignment.keywords:
         results.update(alignment_metrics(model, tokenizer, ev.alignment.keywords, ev.alignment.layers))
+    if ev.grad_cosine:
+        from .gradients import gradient_cosines
+        results.update(gradient_cosines(model, source_batch(cfg.data, tokenizer, "diverse", ev.grad_batch_size),
+                                        source_batch(cfg.data, tokenizer, "downstream", ev.grad_batch_size)))
     if tracker is not None:
         tracker.log_metrics(results, step=step if step is not None else 0)
     return results

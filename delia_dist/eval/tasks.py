@@ -54,10 +54,24 @@ def _from_record(rec: dict, where: str) -> Example:
     return Example(messages=msgs, reference=ref, label=label)
 
 
-def load_examples(path: str, max_samples: int | None = None) -> list[Example]:
+def _dataset_rows(ds, p: Path, split: str | None) -> list[tuple[dict, str]]:
+    if hasattr(ds, "keys"):  # a DatasetDict: the named split, else "test", else the only one
+        names = list(ds.keys())
+        if split is None:
+            split = "test" if "test" in names else names[0] if len(names) == 1 else None
+        if split not in names:
+            raise UserError(f"{p}: splits {names}; set the task's split")
+        ds = ds[split]
+    return [(dict(r), f"{p}[{i}]") for i, r in enumerate(ds)]
+
+
+def load_examples(path: str, max_samples: int | None = None, split: str | None = None) -> list[Example]:
+    """JSONL is parsed here (errors name file:line); a directory written by
+    Dataset.save_to_disk goes through load_from_disk; any other directory or a
+    .json/.parquet/.csv file through datasets.load_dataset on the local path."""
     p = Path(path)
     rows: list[tuple[dict, str]] = []
-    if p.is_file():
+    if p.is_file() and p.suffix == ".jsonl":
         for i, line in enumerate(p.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -65,13 +79,16 @@ def load_examples(path: str, max_samples: int | None = None) -> list[Example]:
                 rows.append((json.loads(line), f"{p}:{i}"))
             except json.JSONDecodeError as e:
                 raise UserError(f"{p}:{i}: invalid JSON ({e.msg})") from None
-    elif p.is_dir():
+    elif p.is_dir() and any((p / f).is_file() for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
         from datasets import load_from_disk
-        ds = load_from_disk(str(p))
-        if hasattr(ds, "keys"):
-            split = "test" if "test" in ds else next(iter(ds.keys()))
-            ds = ds[split]
-        rows = [(dict(r), f"{p}[{i}]") for i, r in enumerate(ds)]
+        rows = _dataset_rows(load_from_disk(str(p)), p, split)
+    elif p.exists():
+        from datasets import load_dataset
+        builder = {".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(p.suffix)
+        if p.is_file() and builder is None:
+            raise UserError(f"{p}: unsupported file type (use .jsonl, .json, .parquet, .csv or a dataset dir)")
+        ds = load_dataset(builder, data_files=str(p)) if builder else load_dataset(str(p))
+        rows = _dataset_rows(ds, p, split)
     else:
         raise UserError(f"evaluation data not found: {p}")
     if max_samples is not None:
