@@ -1,0 +1,310 @@
+"""Will this config fit, and how fast will it go? A per-GPU memory and throughput estimate
+from the model's shape, the DeepSpeed section and the cluster, before anyone waits in
+the queue for 64 GPUs to find out.
+
+Memory per GPU (GB = 1e9 bytes), for Llama-shaped decoders:
+- model states, mixed precision (bf16/fp16): 2 B/param weights, 2 B/param gradients,
+  12 B/param fp32 master + Adam m + v (fp32 training: 4 + 4 + 8). ZeRO-1 shards the
+  optimizer states, ZeRO-2 also the gradients, ZeRO-3 also the weights, over all GPUs;
+  offload moves the sharded part to host memory.
+- ZeRO-3 working set: the prefetch bucket plus the largest gathered module (embedding or
+  one decoder layer) in the compute dtype, the gradient reduce bucket, and parameters
+  below the persistence threshold kept whole on every GPU.
+- activations per micro-batch of seq_len tokens (flash attention, so no s x s scores):
+  per layer and token, the saved tensors of norm, q/k/v, rotary, attention output,
+  residual and SwiGLU (7H + 3*kv + 4I values); with activation checkpointing only each
+  layer's input is kept, plus one layer's full set during its recompute.
+- logits: unfused, b*s*V in bf16 plus fp32 copies for softmax and its gradient (10 B per
+  value); fused (chunked linear+CE), a chunk x V fp32 buffer and gradient plus the fp32
+  V x H weight-gradient accumulator.
+- a fixed allowance for the CUDA context, NCCL buffers and allocator fragmentation.
+Throughput: tokens/s = MFU * peak FLOP/s * GPUs / (6 * N_matmul + 12 * L * H * s), with
+N_matmul the parameters that take part in matmuls (all but the input embedding).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+GB = 1e9
+# Dense bf16 peak and memory per GPU. "80gb" parts have 80 GiB.
+GPUS = {
+    "h100-80gb": {"memory": 80 * 2**30, "tflops": 989.0, "label": "H100 SXM 80GB"},
+    "a100-80gb": {"memory": 80 * 2**30, "tflops": 312.0, "label": "A100 80GB"},
+    "h200": {"memory": 141 * 2**30, "tflops": 989.0, "label": "H200 141GB"},
+}
+# CUDA context, NCCL communicators and allocator fragmentation, per GPU.
+OVERHEAD_BYTES = 3 * GB
+
+_LLAMA3 = {"vocab_size": 128256, "max_position_embeddings": 8192, "tie_word_embeddings": False}
+# Shapes of hub models the planner knows without downloading their config.json.
+KNOWN_ARCHITECTURES = {
+    "meta-llama/meta-llama-3-8b": {**_LLAMA3, "hidden_size": 4096, "num_hidden_layers": 32,
+                                   "num_attention_heads": 32, "num_key_value_heads": 8,
+                                   "intermediate_size": 14336},
+    "meta-llama/meta-llama-3-70b": {**_LLAMA3, "hidden_size": 8192, "num_hidden_layers": 80,
+                                    "num_attention_heads": 64, "num_key_value_heads": 8,
+                                    "intermediate_size": 28672},
+}
+_ALIASES = {"meta-llama/llama-3.1-8b": "meta-llama/meta-llama-3-8b",
+            "meta-llama/llama-3.1-70b": "meta-llama/meta-llama-3-70b",
+            "meta-llama/meta-llama-3.1-8b": "meta-llama/meta-llama-3-8b",
+            "meta-llama/meta-llama-3.1-70b": "meta-llama/meta-llama-3-70b"}
+
+
+class PlanError(ValueError):
+    """The planner cannot work out the model's shape from the config."""
+
+
+@dataclass
+class Architecture:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    head_dim: int
+    tied: bool
+    source: str
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def layer_params(self) -> int:
+        h, q = self.hidden, self.heads * self.head_dim
+        attn = h * q + 2 * h * self.kv_dim + q * h
+        return attn + 3 * h * self.intermediate + 2 * h
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    def total_params(self) -> int:
+        head = 0 if self.tied else self.vocab * self.hidden
+        return self.embedding_params() + self.layers * self.layer_params() + self.hidden + head
+
+    def matmul_params(self) -> int:
+        """Parameters that multiply activations (the input embedding is a lookup)."""
+        return self.layers * self.layer_params() + self.vocab * self.hidden
+
+
+@dataclass
+class Plan:
+    model: str
+    params: int
+    trainable_params: int
+    gpus: int
+    gpu: str
+    gpu_memory_gb: float
+    stage: int
+    precision: str
+    micro_batch: int
+    seq_len: int
+    checkpointing: bool
+    fused_loss: bool
+    memory_gb: dict[str, float]      # per GPU, by part
+    host_memory_gb: float            # per GPU, offloaded states
+    total_gb: float
+    fits: bool
+    flops_per_token: float
+    tokens_per_s: float
+    mfu: float
+    step_tokens: int
+    hours: Optional[float]
+    advice: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def render(self) -> str:
+        lines = [f"model      {self.model}: {_count(self.params)} params ({_count(self.trainable_params)} trainable)",
+                 f"cluster    {self.gpus} x {GPUS[self.gpu]['label']} ({self.gpu_memory_gb:.1f} GB each), "
+                 f"ZeRO-{self.stage}, {self.precision}",
+                 f"batch      micro-batch {self.micro_batch} x seq {self.seq_len}, activation checkpointing "
+                 f"{'on' if self.checkpointing else 'off'}, loss {'fused' if self.fused_loss else 'unfused'}",
+                 "", "per-GPU memory (GB)"]
+        for part, gb in self.memory_gb.items():
+            lines.append(f"  {part:<46s}{gb:9.2f}")
+        lines.append(f"  {'total':<46s}{self.total_gb:9.2f}   of {self.gpu_memory_gb:.1f}")
+        states = [v for k, v in self.memory_gb.items() if k.startswith(("weights", "gradients", "optimizer"))]
+        lines.append(f"  (model states {sum(states):.2f}: weights + optimizer {states[0] + states[2]:.2f}, "
+                     f"gradients {states[1]:.2f})")
+        if self.host_memory_gb:
+            lines.append(f"  {'offloaded to host memory':<46s}{self.host_memory_gb:9.2f}")
+        lines += ["", f"throughput {self.tokens_per_s:,.0f} tokens/s at MFU {self.mfu:.2f} "
+                      f"({self.flops_per_token / 1e9:.1f} GFLOP/token, {self.step_tokens:,} tokens/step)"]
+        if self.hours is not None:
+            lines.append(f"duration   {self.hours:.1f} h for the configured run")
+        verdict = "FITS" if self.fits else "DOES NOT FIT"
+        lines += ["", f"{verdict}: {self.total_gb:.1f} GB needed per GPU, {self.gpu_memory_gb:.1f} GB available"]
+        lines += [f"  - {a}" for a in self.advice]
+        return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def architecture(model_cfg, vocab: Optional[int] = None) -> Architecture:
+    """The model's shape: the inline config, a local config.json, or the known-hub table."""
+    if model_cfg.config is not None:
+        raw, source = dict(model_cfg.config), "model.config"
+    else:
+        name = model_cfg.name_or_path
+        local = Path(name) / "config.json"
+        if local.is_file():
+            raw, source = json.loads(local.read_text()), str(local)
+        else:
+            key = name.lower().removesuffix("-instruct")
+            key = _ALIASES.get(key, key)
+            if key not in KNOWN_ARCHITECTURES:
+                raise PlanError(f"model {name!r}: no local config.json and not a known architecture "
+                                f"({', '.join(sorted(KNOWN_ARCHITECTURES))}); point model.name_or_path at "
+                                f"a local directory with its config.json")
+            raw, source = KNOWN_ARCHITECTURES[key], f"known architecture {key}"
+    vocab = vocab or raw.get("vocab_size") or _tokenizer_vocab(model_cfg.tokenizer)
+    if not vocab:
+        raise PlanError(f"{source} has no vocab_size and the tokenizer is not a local directory; pass --vocab")
+    try:
+        hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
+        return Architecture(hidden=hidden, layers=int(raw["num_hidden_layers"]), heads=heads,
+                            kv_heads=int(raw.get("num_key_value_heads") or heads),
+                            intermediate=int(raw["intermediate_size"]), vocab=int(vocab),
+                            head_dim=int(raw.get("head_dim") or hidden // heads),
+                            tied=bool(raw.get("tie_word_embeddings", False)), source=source)
+    except KeyError as e:
+        raise PlanError(f"{source}: missing {e.args[0]}") from None
+
+
+def _tokenizer_vocab(tokenizer: Optional[str]) -> Optional[int]:
+    path = Path(tokenizer) / "tokenizer.json" if tokenizer else None
+    if path is None or not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    ids = list(data.get("model", {}).get("vocab", {}).values()) + [t["id"] for t in data.get("added_tokens", [])]
+    return max(ids) + 1 if ids else None
+
+
+def _lora_trainable(arch: Architecture, lora) -> int:
+    dims = {"q_proj": (arch.hidden, arch.heads * arch.head_dim), "k_proj": (arch.hidden, arch.kv_dim),
+            "v_proj": (arch.hidden, arch.kv_dim), "o_proj": (arch.heads * arch.head_dim, arch.hidden),
+            "gate_proj": (arch.hidden, arch.intermediate), "up_proj": (arch.hidden, arch.intermediate),
+            "down_proj": (arch.intermediate, arch.hidden)}
+    per_layer = sum(lora.r * (i + o) for m, (i, o) in dims.items() if m in lora.target_modules)
+    embeddings = (1 if arch.tied else 2) * arch.embedding_params() if lora.train_embeddings else 0
+    return arch.layers * per_layer + embeddings
+
+
+def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: float = 0.4,
+         vocab: Optional[int] = None) -> Plan:
+    if gpu not in GPUS:
+        raise PlanError(f"unknown GPU {gpu!r}; choose from {', '.join(GPUS)}")
+    if nodes < 1 or gpus_per_node < 1:
+        raise PlanError("--nodes and --gpus-per-node must be >= 1")
+    if not 0 < mfu <= 1:
+        raise PlanError(f"MFU must be in (0, 1], got {mfu}")
+    arch = architecture(cfg.model, vocab)
+    m, ds, t = cfg.model, cfg.deepspeed, cfg.train
+    # New special tokens grow the vocabulary, padded as the trainer pads it.
+    pad = m.pad_vocab_to_multiple_of
+    arch.vocab = -(-(arch.vocab + len(m.new_tokens)) // pad) * pad
+    world = nodes * gpus_per_node
+    n = arch.total_params()
+    trainable = n if m.finetune == "full" else _lora_trainable(arch, m.lora)
+    mixed = t.precision in ("bf16", "fp16")
+    w_bytes = 2 if mixed else 4
+    stage = ds.stage
+
+    def shard(count: float, sharded: bool) -> float:
+        return count / world if sharded else count
+
+    weights = shard(n * w_bytes, stage >= 3)
+    grads = shard(trainable * w_bytes, stage >= 2)
+    optim = shard(trainable * (12 if mixed else 8), stage >= 1)
+    host = 0.0
+    if ds.offload_optimizer != "none":
+        host += optim
+        optim = 0.0
+    if ds.offload_param != "none":
+        host += weights
+        weights = 0.0
+
+    mem: dict[str, float] = {
+        f"weights ({'bf16' if mixed else 'fp32'}{', sharded' if stage >= 3 else ''})": weights,
+        f"gradients{' (sharded)' if stage >= 2 else ''}": grads,
+        f"optimizer: fp32 master + Adam m, v{' (sharded)' if stage >= 1 else ''}": optim,
+    }
+    if stage == 3:
+        largest = max(arch.layer_params(), arch.embedding_params())
+        live = min(ds.stage3_prefetch_bucket_size + largest, max(ds.stage3_max_live_parameters, largest), n)
+        persistent = arch.layers * 2 * arch.hidden + arch.hidden  # norms below the threshold
+        if arch.hidden >= ds.stage3_param_persistence_threshold:
+            persistent = 0
+        mem["ZeRO-3 gathered params (prefetch + live)"] = (live + persistent) * w_bytes
+    mem["gradient reduce bucket"] = min(ds.reduce_bucket_size, trainable) * (w_bytes + 4)
+
+    tokens = t.micro_batch_size * cfg.data.seq_len
+    per_token_layer = 2 * (7 * arch.hidden + 3 * arch.kv_dim + 4 * arch.intermediate)
+    if m.gradient_checkpointing:
+        acts = tokens * (arch.layers * arch.hidden * 2 + per_token_layer)
+    else:
+        acts = tokens * arch.layers * per_token_layer
+    mem[f"activations ({'checkpointed' if m.gradient_checkpointing else 'all layers kept'})"] = acts
+    fused = cfg.loss.impl != "naive"
+    if fused:
+        chunk = cfg.loss.chunk_size or max(1, min(4096, (256 << 20) // (4 * arch.vocab), tokens))
+        logits = 2 * chunk * arch.vocab * 4 + arch.vocab * arch.hidden * 4 + tokens * arch.hidden * 2
+    else:
+        logits = tokens * arch.vocab * 10
+    mem[f"logits + loss ({'fused, chunk x V' if fused else 'unfused, full b*s*V'})"] = logits
+    mem["CUDA context, NCCL, fragmentation"] = OVERHEAD_BYTES
+    total = sum(mem.values())
+    capacity = GPUS[gpu]["memory"]
+    fits = total <= capacity
+
+    flops_per_token = 6 * arch.matmul_params() + 12 * arch.layers * arch.heads * arch.head_dim * cfg.data.seq_len
+    tokens_per_s = mfu * GPUS[gpu]["tflops"] * 1e12 * world / flops_per_token
+    step_tokens = tokens * t.grad_accum * world
+    run_tokens = (t.max_steps * step_tokens if t.max_steps else cfg.data.token_budget)
+    result = Plan(model=m.name_or_path or "model.config", params=n, trainable_params=trainable, gpus=world,
+                  gpu=gpu, gpu_memory_gb=capacity / GB, stage=stage, precision=t.precision,
+                  micro_batch=t.micro_batch_size, seq_len=cfg.data.seq_len,
+                  checkpointing=m.gradient_checkpointing, fused_loss=fused,
+                  memory_gb={k: v / GB for k, v in mem.items()}, host_memory_gb=host / GB,
+                  total_gb=total / GB, fits=fits, flops_per_token=flops_per_token, tokens_per_s=tokens_per_s,
+                  mfu=mfu, step_tokens=step_tokens,
+                  hours=run_tokens / tokens_per_s / 3600 if run_tokens else None)
+    result.advice = _advice(result, arch, cfg, mem, capacity, world, gpus_per_node)
+    return result
+
+
+def _advice(p: Plan, arch: Architecture, cfg, mem: dict[str, float], capacity: float, world: int,
+            gpus_per_node: int) -> list[str]:
+    if p.fits:
+        return [f"{(capacity - sum(mem.values())) / GB:.1f} GB headroom per GPU"]
+    out = []
+    over = sum(mem.values()) - capacity
+    if not cfg.model.gradient_checkpointing:
+        out.append("set model.gradient_checkpointing: true (keeps only each layer's input)")
+    if not p.fused_loss:
+        out.append("set loss.impl: fused (logits in chunks instead of the full b*s*V tensor)")
+    if cfg.deepspeed.stage < 3:
+        out.append("use deepspeed.stage: 3 to shard the weights too")
+    states = sum(v for k, v in mem.items() if k.startswith(("weights", "gradients", "optimizer")))
+    if states > capacity / 2 and cfg.deepspeed.stage == 3:
+        # Leave half of each GPU to activations, logits and the gathered working set.
+        nodes = -(-int(states * world / (capacity / 2) + 1) // gpus_per_node)
+        out.append(f"shard the states over more GPUs: {nodes} nodes x {gpus_per_node} keeps them under half "
+                   f"of each GPU ({states / GB:.1f} GB per GPU now)")
+    if cfg.train.micro_batch_size > 1:
+        out.append("lower train.micro_batch_size (and raise grad_accum to keep the global batch)")
+    if cfg.deepspeed.offload_optimizer == "none":
+        out.append("offload the optimizer states: deepspeed.offload_optimizer: cpu (slower steps)")
+    out.append(f"or shorten data.seq_len; {over / GB:.1f} GB must go")
+    return out

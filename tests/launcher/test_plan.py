@@ -1,0 +1,91 @@
+"""`delia plan`: the numbers a user sizes a 64-GPU job by, checked against hand counts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from delia_dist.config import load_config
+from delia_dist.plan import KNOWN_ARCHITECTURES, architecture, plan
+
+REPO = Path(__file__).resolve().parents[2]
+GB = 1e9
+
+
+def cfg(name, *overrides):
+    return load_config(REPO / "configs" / name, list(overrides), check_paths=False)
+
+
+def test_known_llama3_parameter_counts():
+    # The published sizes: 8,030,261,248 and 70,553,706,496 parameters.
+    c8, c70 = cfg("llama3_8b.yaml"), cfg("llama3_70b.yaml")
+    assert architecture(c8.model).total_params() == 8_030_261_248
+    assert architecture(c70.model).total_params() == 70_553_706_496
+    assert all(a["vocab_size"] == 128256 for a in KNOWN_ARCHITECTURES.values())
+
+
+def test_70b_on_8x8_h100_fits_with_sharded_states():
+    p = plan(cfg("llama3_70b.yaml"), nodes=8, gpus_per_node=8, gpu="h100-80gb", mfu=0.4)
+    n = p.params  # vocab grows by the new <sep> token, padded to 64: 128320
+    assert n == 70_553_706_496 + 64 * 8192 * 2
+    mem = {k.split(" (")[0].split(":")[0]: v for k, v in p.memory_gb.items()}
+    # bf16 weights 2 B + fp32 master/m/v 12 B per parameter, over 64 GPUs: ~15.4 GB each.
+    assert mem["weights"] + mem["optimizer"] == pytest.approx(14 * n / 64 / GB, rel=1e-9)
+    assert 15.2 < mem["weights"] + mem["optimizer"] < 15.6
+    assert mem["gradients"] == pytest.approx(2 * n / 64 / GB)
+    # Checkpointed activations: 80 layer inputs of 8192 x 8192 bf16, plus one layer recomputed.
+    per_layer_token = 2 * (7 * 8192 + 3 * 1024 + 4 * 28672)
+    assert mem["activations"] == pytest.approx(8192 * (80 * 8192 * 2 + per_layer_token) / GB)
+    assert p.fits and p.total_gb < 80 * 2**30 / GB
+    # 6 N (matmul params) + 12 L H s FLOPs per token at 40% of 989 TFLOP/s on 64 GPUs.
+    flops = 6 * (n - 128320 * 8192 - 8192) + 12 * 80 * 8192 * 8192  # all but embedding, final norm
+    assert p.flops_per_token == flops
+    assert p.tokens_per_s == pytest.approx(0.4 * 989e12 * 64 / flops)
+    assert 50_000 < p.tokens_per_s < 55_000
+
+
+def test_does_not_fit_says_what_to_change():
+    p = plan(cfg("llama3_70b.yaml", "model.gradient_checkpointing=false", "loss.impl=naive"),
+             nodes=1, gpus_per_node=8, gpu="a100-80gb")
+    assert not p.fits
+    logits = [v for k, v in p.memory_gb.items() if k.startswith("logits")][0]
+    assert logits == pytest.approx(8192 * 128320 * 10 / GB)  # bf16 logits + fp32 softmax + fp32 grad
+    advice = " ".join(p.advice)
+    assert "gradient_checkpointing: true" in advice and "loss.impl: fused" in advice
+    assert "more GPUs: 4 nodes x 8" in advice
+
+
+def test_zero_stage_and_offload_move_the_states():
+    base = cfg("llama3_8b.yaml")
+    n = plan(base, nodes=1, gpus_per_node=8).params
+    opt = lambda p: [v for k, v in p.memory_gb.items() if k.startswith("optimizer")][0]  # noqa: E731
+    assert opt(plan(cfg("llama3_8b.yaml", "deepspeed.stage=0"), nodes=1, gpus_per_node=8)) == pytest.approx(12 * n / GB)
+    assert opt(plan(cfg("llama3_8b.yaml", "deepspeed.stage=1"), nodes=1, gpus_per_node=8)) == pytest.approx(12 * n / 8 / GB)
+    off = plan(cfg("llama3_8b.yaml", "deepspeed.offload_optimizer=cpu"), nodes=1, gpus_per_node=8)
+    assert opt(off) == 0 and off.host_memory_gb == pytest.approx(12 * n / 8 / GB)
+
+
+def _delia(*args):
+    return subprocess.run([sys.executable, "-m", "delia_dist.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_cli_prints_numbers_and_exit_code_says_fit():
+    ok = _delia("plan", "configs/llama3_70b.yaml", "--nodes", "8", "--gpus-per-node", "8", "--gpu", "h100-80gb")
+    assert ok.returncode == 0, ok.stderr
+    assert "FITS:" in ok.stdout and "weights + optimizer 15.4" in ok.stdout and "tokens/s at MFU 0.40" in ok.stdout
+    bad = _delia("plan", "configs/llama3_70b.yaml", "--nodes", "1", "--gpus-per-node", "2")
+    assert bad.returncode == 1 and "DOES NOT FIT" in bad.stdout
+    unknown = _delia("plan", "configs/llama3_70b.yaml", "--nodes", "1", "--gpus-per-node", "8",
+                     "--set", "model.name_or_path=acme/unknown-13b")
+    assert unknown.returncode == 2 and "acme/unknown-13b" in unknown.stderr and "config.json" in unknown.stderr
+
+
+def test_model_built_from_config_uses_the_given_vocab():
+    c = cfg("tiny_cpu.yaml")
+    a = architecture(c.model, vocab=600)
+    h, i, layers, kv = 128, 256, 2, 32
+    layer = h * 64 + 2 * h * kv + 64 * h + 3 * h * i + 2 * h  # 2 heads x head_dim 32 = 64
+    assert a.total_params() == 600 * h * 2 + layers * layer + h
