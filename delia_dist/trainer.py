@@ -211,10 +211,21 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
     if status == "completed" and cfg.checkpoint.save_on_exit and (
             last_ckpt is None or not str(last_ckpt).endswith(f"step_{counters['step']}")):
         last_ckpt = save(counters["step"])
+    summary = {"status": status, "step": counters["step"], "train_wall_s": counters["wall_s"],
+               "steps_per_s": counters["step"] / max(counters["wall_s"], 1e-9),
+               "tokens": counters["tokens"], "peak_rss_mb_max_rank": distributed.max_over_ranks(_peak_rss_mb())}
+    tracker.log_metrics({"memory/peak_rss_mb_max_rank": summary["peak_rss_mb_max_rank"]}, step=counters["step"])
+    if env.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     run_id = tracker.run_id
     tracker.close("FINISHED" if status == "completed" else "KILLED")
     return TrainResult(status=status, step=counters["step"],
                        checkpoint=str(last_ckpt) if last_ckpt else None, run_id=run_id)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def _alignment(engine, tokenizer, cfg) -> dict:
