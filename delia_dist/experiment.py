@@ -71,46 +71,80 @@ def _last_metrics(run_dir: Path) -> dict:
     return out
 
 
-def run_experiment(config_path: str, overrides: list[str] = (), only: list[str] | None = None,
-                   resume: bool = False) -> list[dict]:
-    """Runs each spec; without `resume` an existing run directory is started over, so a
-    changed config never silently continues an old checkpoint."""
-    from .eval.runner import evaluate
-    from .export import export_checkpoint
-    from .tracking import Tracker, default_uri
+def plan_runs(config_path: str, overrides: list[str] = (), only: list[str] | None = None,
+              check_paths: bool = True) -> list[tuple[str, Path, list[str], Config]]:
+    """(name, run_dir, overrides, resolved config) per selected run. The matrix entry changes
+    the base config and command-line --set wins over both; every run logs into the base
+    config's MLflow store and experiment, under its own run name."""
+    from .tracking import default_uri
 
-    base = load_config(config_path, overrides, check_paths=True)
-    root = Path(base.run_dir)
-    uri = default_uri(base.tracking, root)
+    base = load_config(config_path, overrides, check_paths=check_paths)
+    names = [s.name for s in base.experiment.runs]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"--only names {unknown} are not in experiment.runs {names}")
     specs = [s for s in base.experiment.runs if not only or s.name in only]
     if not specs:
         raise ValueError("experiment.runs is empty: nothing to run")
-    results = []
+    root = Path(base.run_dir)
+    uri = default_uri(base.tracking, root)
+    plan = []
     for spec in specs:
-        t0 = time.time()
         run_dir = root / spec.name
-        # The matrix entry changes the base config; command-line --set wins over both.
         run_over = [f"run_dir={run_dir}", f"tracking.uri={uri}", f"tracking.run_name={spec.name}",
                     *spec.overrides, *overrides]
-        cfg = load_config(config_path, run_over, check_paths=True)
-        if run_dir.exists() and not resume:
-            shutil.rmtree(run_dir)
-        print(f"[experiment] {spec.name}: training ({' '.join(spec.overrides) or 'base config'})", flush=True)
-        train_run(config_path, run_over, cfg, run_dir, base.experiment.nproc)
-        hf_dir = export_checkpoint(cfg.checkpoint_dir, run_dir / "hf")
-        info = json.loads((hf_dir / "delia_export.json").read_text())
-        tracker = Tracker(cfg.tracking, run_dir, enabled=True)
-        tracker.load_state_dict({"run_id": info["run_id"]})
-        tracker.start({}, tags={})
-        print(f"[experiment] {spec.name}: evaluating {hf_dir}", flush=True)
+        plan.append((spec.name, run_dir, run_over, load_config(config_path, run_over, check_paths=check_paths)))
+    return plan
+
+
+def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cfg: Config, nproc: int,
+             resume: bool) -> dict:
+    from .eval.runner import evaluate
+    from .export import export_checkpoint
+    from .tracking import Tracker
+
+    t0 = time.time()
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    print(f"[experiment] {name}: training ({' '.join(run_over[3:]) or 'base config'})", flush=True)
+    train_run(config_path, run_over, cfg, run_dir, nproc)
+    hf_dir = export_checkpoint(cfg.checkpoint_dir, run_dir / "hf")
+    info = json.loads((hf_dir / "delia_export.json").read_text())
+    tracker = Tracker(cfg.tracking, run_dir, enabled=True)
+    tracker.load_state_dict({"run_id": info["run_id"]})
+    tracker.start({}, tags={})
+    print(f"[experiment] {name}: evaluating {hf_dir}", flush=True)
+    try:
         scores = evaluate(hf_dir, cfg, tracker=tracker, step=info["step"])
-        tracker.close("FINISHED")
-        last = _last_metrics(run_dir)
-        results.append({"run": spec.name, "run_id": info["run_id"], "run_dir": str(run_dir), "steps": info["step"],
-                        "diverse_share": last.get("share/diverse", 0.0),
-                        "train_loss_first": last["first_loss"], "train_loss_last": last["loss"],
-                        **{k: v for k, v in last.items() if k.startswith("tokens/")},
-                        **scores, "wall_s": time.time() - t0})
-        print(f"[experiment] {spec.name}: done in {time.time() - t0:.0f} s", flush=True)
-    (root / "experiment_results.json").write_text(json.dumps(results, indent=1))
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close("FINISHED")
+    last = _last_metrics(run_dir)
+    print(f"[experiment] {name}: done in {time.time() - t0:.0f} s", flush=True)
+    return {"run": name, "status": "ok", "run_id": info["run_id"], "run_dir": str(run_dir), "steps": info["step"],
+            "diverse_share": last.get("share/diverse", 0.0),
+            "train_loss_first": last["first_loss"], "train_loss_last": last["loss"],
+            **{k: v for k, v in last.items() if k.startswith("tokens/")},
+            **scores, "wall_s": time.time() - t0}
+
+
+def run_experiment(config_path: str, overrides: list[str] = (), only: list[str] | None = None,
+                   resume: bool = False) -> list[dict]:
+    """Trains, exports and evaluates each run. Without `resume` an existing run directory is
+    started over, so a changed config never silently continues an old checkpoint. A failed
+    run is recorded ({"status": "failed", "error": ...}) and the matrix goes on; results are
+    written to <run_dir>/experiment_results.json after every run."""
+    plan = plan_runs(config_path, overrides, only)
+    root = Path(load_config(config_path, overrides).run_dir)
+    nproc = plan[0][3].experiment.nproc
+    results = []
+    for name, run_dir, run_over, cfg in plan:
+        try:
+            results.append(_one_run(config_path, name, run_dir, run_over, cfg, nproc, resume))
+        except Exception as e:  # one broken run must not hide the others' results
+            log.error("run %s failed: %s", name, e)
+            print(f"[experiment] {name}: FAILED: {e}", flush=True)
+            results.append({"run": name, "status": "failed", "run_dir": str(run_dir), "error": str(e)})
+        (root / "experiment_results.json").write_text(json.dumps(results, indent=1))
     return results

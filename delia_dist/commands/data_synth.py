@@ -21,4 +21,6 @@ def run(args) -> int:
                               seed=args.seed)
     for k, v in paths.items():
         print(f"{k:18s} {v}")
+    print("note: no LLM endpoint is used here, so the instruction paraphrases are hand-written "
+          f"rewrites ({paths['paraphrases']}), not LLM paraphrases as in the paper")
     return 0

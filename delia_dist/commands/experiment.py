@@ -27,10 +27,18 @@ def run(args) -> int:
     results = run_experiment(args.config, args.overrides, args.only.split(",") if args.only else None,
                              resume=args.resume)
     cfg = load_config(args.config, args.overrides)
+    done = [r for r in results if r["status"] == "ok"]
+    failed = [r for r in results if r["status"] != "ok"]
     print()
-    print(comparison_table(results))
-    out = write_report(results, Path(cfg.run_dir) / "report")
+    if done:
+        print(comparison_table(done))
+        out = write_report(done, Path(cfg.run_dir) / "report")
+        out = f"{out}  (plots: {Path(out).parent}/*.png)"
+    else:
+        out = "(none: no run finished)"
     print(f"\nreport:       {out}")
     print(f"MLflow store: {default_uri(cfg.tracking, Path(cfg.run_dir))}  (experiment '{cfg.tracking.experiment}')")
     print(f"browse:       .venv/bin/mlflow ui --backend-store-uri {default_uri(cfg.tracking, Path(cfg.run_dir))}")
-    return 0
+    for r in failed:
+        print(f"FAILED run {r['run']}: {r['error'].splitlines()[0]} (see {r['run_dir']}/train.log)")
+    return 1 if failed else 0

