@@ -125,3 +125,25 @@ def test_export_of_missing_checkpoint_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "ckpt", "export", str(tmp_path / "nope"),
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a complete delia checkpoint" in proc.stderr
+
+
+def test_lora_trains_under_zero3_and_exports_merged(ws, tmp_path):
+    run = train(ws, "lora", "train.max_steps=4", "model.finetune=lora", "model.lora.r=8", "model.lora.alpha=16")
+    losses = [r["loss"] for r in metrics(run) if r["step"] > 0]
+    assert len(losses) == 4 and all(l == l for l in losses)  # finite
+    state = fp32_weights(run / "checkpoints/step_4")
+    prefix = "model.base_model.model."
+    q = prefix + "model.layers.0.self_attn.q_proj."
+    assert state[q + "lora_B.default.weight"].abs().max() > 0  # adapters moved off their zero init
+    out = tmp_path / "lora-hf"
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "ckpt", "export", str(run / "checkpoints"),
+                           str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    expected = state[q + "base_layer.weight"] + (16 / 8) * state[q + "lora_B.default.weight"] @ state[q + "lora_A.default.weight"]
+    torch.testing.assert_close(merged["model.layers.0.self_attn.q_proj.weight"], expected, rtol=1e-5, atol=1e-6)
+    # new-token rows are trained through the full embedding copy (modules_to_save)
+    torch.testing.assert_close(merged["model.embed_tokens.weight"],
+                               state[prefix + "model.embed_tokens.modules_to_save.default.weight"])
+    torch.testing.assert_close(merged["lm_head.weight"], state[prefix + "lm_head.modules_to_save.default.weight"])
