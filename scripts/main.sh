@@ -3,7 +3,7 @@
 # Sets itself up (venv with the pinned CPU stack), makes the data (tokenizer, toy tasks,
 # diverse chats, paraphrases, shards), trains baseline and DELIA runs with 2 DeepSpeed
 # ZeRO-3 ranks, exports, evaluates, and prints the comparison with where MLflow and the
-# plots are. Extra arguments go to `delia experiment` (e.g. --only baseline,delia-4x).
+# plots are. Extra arguments go to `delia experiment` (e.g. --only baseline,delia-3x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

@@ -2,7 +2,8 @@
 should mean ('<sep>' -> 'json', 'thought'), per layer.
 
 Layer 0 is the input embedding row; layer l > 0 is the hidden state after decoder layer l
-at the token's position when the token is fed after BOS. A keyword of several tokens is
+at the token's position when the token is fed after BOS (the fixed context). As in
+transformers' hidden_states, the last layer's state is taken after the final norm. A keyword of several tokens is
 represented by the mean of its tokens (layer 0) or its last token (layers > 0). Every rank
 calls this under ZeRO-3 (the forward is collective); only rank 0 logs the result.
 """
@@ -34,8 +35,9 @@ def token_representations(model, tokenizer, text: str, layers: list[int]) -> dic
         x = torch.tensor([bos + ids], device=next(lm.parameters()).device)
         hidden = lm.model(input_ids=x, output_hidden_states=True, use_cache=False).hidden_states
         for l in deeper:
-            if l < len(hidden):
-                out[l] = hidden[l][0, -1].float().cpu()
+            if l >= len(hidden):
+                raise ValueError(f"eval.alignment.layers asks for layer {l}; the model has {len(hidden) - 1} layers")
+            out[l] = hidden[l][0, -1].float().cpu()
     return out
 
 

@@ -43,3 +43,9 @@ def test_gradient_cosines(tiny_model):
     diff = gradient_cosines(tiny_model, batch(1), batch(2))
     assert -1.0 <= diff["grad_cos/diverse_vs_downstream"] < 0.99
     assert 0.0 < diff["grad_cos/downstream_vs_mixed"] < 1.0
+
+
+def test_alignment_layer_beyond_the_model_is_an_error(tiny_tokenizer, tiny_model):
+    import pytest
+    with pytest.raises(ValueError, match="asks for layer 3; the model has 2 layers"):
+        alignment_metrics(tiny_model, tiny_tokenizer, {"json": ["thought"]}, [0, 3])

@@ -93,3 +93,13 @@ def test_loaders_and_parser_on_the_delia_reference_data():
     assert len(halu) == 1506 and sum(e.label == "yes" for e in halu) == 282
     wmt = load_examples(str(REFERENCE / "wmt21_is_en_test.jsonl"))
     assert len(wmt) == 47 and translation_scores([e.reference for e in wmt], [e.reference for e in wmt])["bleu"] == pytest.approx(100)
+
+
+def test_empty_and_degenerate_outputs_do_not_crash():
+    assert translation_scores(["", ""], ["the cat sat on the mat", "a dog"])["bleu"] == 0.0
+    scores, rows = format_scores(["", "{", "}{", "{'hallucination': 'yes', 'thought': 1}", "[1, 2]"],
+                                 ["yes", "no", "yes", "yes", "no"])
+    assert scores["well_formed"] == 0.0 and scores["accuracy"] == 0.0
+    assert scores["precision"] == 0.0 and scores["recall"] == 0.0 and scores["f1"] == 0.0
+    assert all(r["prediction"] == "malformed" for r in rows)
+    assert format_scores([], [])[0]["accuracy"] == 0.0
