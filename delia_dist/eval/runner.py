@@ -39,7 +39,10 @@ def format_token_losses(model, tokenizer, examples, new_tokens: list[str]) -> di
             text = tokenizer.decode([tid])
             if tid in special or FORMAT_CHARS & set(text):
                 fmt_sum, fmt_n = fmt_sum + loss, fmt_n + 1
-    return {"answer_loss": all_sum / max(all_n, 1), "format_token_loss": fmt_sum / max(fmt_n, 1)}
+    out = {"answer_loss": all_sum / max(all_n, 1)}
+    if fmt_n:  # bare "yes"/"no" references carry no format tokens: no number rather than a fake 0
+        out["format_token_loss"] = fmt_sum / fmt_n
+    return out
 
 
 def source_batch(data_cfg, tokenizer, kind: str, batch_size: int) -> dict:

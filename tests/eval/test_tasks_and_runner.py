@@ -141,3 +141,7 @@ def test_untrained_model_scores_zero_and_format_loss_is_high(tmp_path, tiny_toke
     losses = format_token_losses(AutoModelForCausalLM.from_pretrained(hf_dir), AutoTokenizer.from_pretrained(hf_dir),
                                  examples, ["<sep>"])
     assert losses["format_token_loss"] > 3.0 and losses["answer_loss"] > 3.0  # ~log(vocab) when untrained
+    bare = load_examples(str(synth.write_jsonl(tmp_path / "bare.jsonl", [{"prompt": "Is it?", "response": "yes"}])))
+    no_fmt = format_token_losses(AutoModelForCausalLM.from_pretrained(hf_dir), AutoTokenizer.from_pretrained(hf_dir),
+                                 bare, ["<sep>"])
+    assert "format_token_loss" not in no_fmt and no_fmt["answer_loss"] > 0
