@@ -14,7 +14,13 @@ KEY_COLUMNS = [("run", "run"), ("steps", "steps"), ("diverse_share", "diverse_sh
                ("eval/translation/chrf", "chrF"), ("eval/translation/bleurt", "BLEURT"),
                ("eval/format/accuracy", "fmt_acc"), ("eval/format/f1", "fmt_F1"),
                ("eval/format/well_formed", "well_formed"), ("eval/format/format_token_loss", "fmt_tok_loss"),
-               ("align/<sep>/json/l0", "d(<sep>,json)_l0"), ("wall_s", "time_s")]
+               ("align/_sep_/json/l0", "d(<sep>,json)_l0"), ("wall_s", "time_s")]
+
+
+def _norm(results: list[dict]) -> list[dict]:
+    """Metric names as MLflow stores them ('<sep>' -> '_sep_'), whatever the row came from."""
+    from .tracking import clean_name
+    return [{clean_name(k) if isinstance(k, str) else k: v for k, v in r.items()} for r in results]
 
 
 def _fmt(v) -> str:
@@ -28,6 +34,7 @@ def _columns(results: list[dict]) -> list[tuple[str, str]]:
 
 
 def comparison_table(results: list[dict]) -> str:
+    results = _norm(results)
     cols = _columns(results)
     rows = [[label for _, label in cols]] + [[_fmt(r.get(k, "")) for k, _ in cols] for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
@@ -41,6 +48,18 @@ def _markdown_table(results: list[dict]) -> str:
     out = ["| " + " | ".join(label for _, label in cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(_fmt(r.get(k, "")) for k, _ in cols) + " |" for r in results]
     return "\n".join(out)
+
+
+_HISTORIES: dict = {}
+
+
+def _loss_series(r: dict, source: str) -> tuple[list, list]:
+    key = f"loss/{source}"
+    if r.get("run") in _HISTORIES:
+        pts = _HISTORIES[r["run"]].get(key, [])
+        return [p[0] for p in pts], [p[1] for p in pts]
+    rows = [m for m in _metrics_rows(r.get("run_dir", "")) if key in m]
+    return [m["step"] for m in rows], [m[key] for m in rows]
 
 
 def _metrics_rows(run_dir: str) -> list[dict]:
@@ -67,9 +86,8 @@ def plot_losses(results: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4), sharey=True)
     for ax, source in zip(axes, sources):
         for r in results:
-            rows = [m for m in _metrics_rows(r.get("run_dir", "")) if f"loss/{source}" in m]
-            if rows:
-                steps, vals = [m["step"] for m in rows], [m[f"loss/{source}"] for m in rows]
+            steps, vals = _loss_series(r, source)
+            if steps:
                 line, = ax.plot(steps, _smooth(vals), label=r["run"])
                 ax.plot(steps, vals, color=line.get_color(), alpha=0.15, linewidth=0.8)
         ax.set_title(f"training loss on {source} tokens (10-step mean, raw faded)")
@@ -137,7 +155,12 @@ def plot_alignment(results: list[dict], path: Path) -> Path | None:
     return path
 
 
-def write_report(results: list[dict], out_dir: str | Path) -> Path:
+def write_report(results: list[dict], out_dir: str | Path, histories: dict | None = None) -> Path:
+    """histories: {run: {metric: [(step, value), ...]}} when rows come from MLflow rather
+    than from run directories with metrics.jsonl."""
+    results = _norm(results)
+    global _HISTORIES
+    _HISTORIES = histories or {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_losses(results, out / "loss_per_source.png"),
@@ -148,3 +171,40 @@ def write_report(results: list[dict], out_dir: str | Path) -> Path:
     (out / "report.md").write_text("\n".join(md) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return out / "report.md"
+
+
+def runs_from_mlflow(experiment: str, tracking_uri: str, run_ids: list[str] | None = None):
+    """(rows, histories) for the finished runs of an MLflow experiment."""
+    from mlflow.tracking import MlflowClient
+
+    from .errors import UserError
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise UserError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
+    runs = [client.get_run(r) for r in run_ids] if run_ids else client.search_runs(
+        [exp.experiment_id], order_by=["attributes.start_time ASC"])
+    rows, histories = [], {}
+    for run in runs:
+        m, p = run.data.metrics, run.data.params
+        name = run.info.run_name or run.info.run_id[:8]
+        hist = {k: [(x.step, x.value) for x in client.get_metric_history(run.info.run_id, k)]
+                for k in m if k.startswith("loss/")}
+        loss_hist = client.get_metric_history(run.info.run_id, "loss") if "loss" in m else []
+        row = {"run": name, "run_id": run.info.run_id,
+               "steps": max((x.step for x in loss_hist), default=0),
+               "diverse_share": m.get("share/diverse", float(p.get("data.sources.diverse.weight", 0.0))),
+               "train_loss_last": m.get("loss"),
+               "wall_s": ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000.0}
+        row.update({k: v for k, v in m.items() if k.startswith(("eval/", "align", "tokens/", "grad_cos/"))})
+        rows.append({k: v for k, v in row.items() if v is not None})
+        histories[name] = hist
+    return rows, histories
+
+
+def build_report(experiment: str, tracking_uri: str, out_dir: str | Path, run_ids: list[str] | None = None) -> Path:
+    rows, histories = runs_from_mlflow(experiment, tracking_uri, run_ids)
+    path = write_report(rows, out_dir, histories)
+    print(comparison_table(rows))
+    return path
