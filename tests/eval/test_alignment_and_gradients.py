@@ -49,3 +49,31 @@ def test_alignment_layer_beyond_the_model_is_an_error(tiny_tokenizer, tiny_model
     import pytest
     with pytest.raises(ValueError, match="asks for layer 3; the model has 2 layers"):
         alignment_metrics(tiny_model, tiny_tokenizer, {"json": ["thought"]}, [0, 3])
+
+
+def test_buffering_diagnostic_on_batches_from_training_shards(tmp_path, tiny_tokenizer, tiny_model):
+    """The batches are what the trainer would see from each source alone; the diagnostic
+    runs on them and the downstream batch really is downstream data."""
+    from delia_dist import synth
+    from delia_dist.config import DataConfig, SourceConfig
+    from delia_dist.data import ShardWriter
+    from delia_dist.eval.runner import source_batch
+
+    def shards(name, records):
+        with ShardWriter(tmp_path / name, tiny_tokenizer) as w:
+            for r in records:
+                w.write(r)
+        return str(tmp_path / name / "manifest.json")
+
+    data = DataConfig(sources=[
+        SourceConfig(name="div", shards=shards("div", synth.diverse_records(60, 1)), weight=0.8, kind="diverse"),
+        SourceConfig(name="task", shards=shards("task", synth.translation_records(40, 2)), weight=0.2,
+                     kind="downstream")], seq_len=128, shuffle_buffer=8, pack_buffer=8)
+    div, down = source_batch(data, tiny_tokenizer, "diverse", 2), source_batch(data, tiny_tokenizer, "downstream", 2)
+    assert div["input_ids"].shape == down["input_ids"].shape == (2, 128)
+    assert "Fenish" in tiny_tokenizer.decode(down["input_ids"][0]) and "Fenish" not in tiny_tokenizer.decode(div["input_ids"][0])
+    cos = gradient_cosines(tiny_model, div, down)
+    assert -1 < cos["grad_cos/diverse_vs_downstream"] < 1 and 0 < cos["grad_cos/downstream_vs_mixed"] < 1
+    import pytest
+    with pytest.raises(ValueError, match="needs a data source of kind 'downstream'"):
+        source_batch(DataConfig(sources=data.sources[:1]), tiny_tokenizer, "downstream", 2)
