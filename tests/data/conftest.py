@@ -1,40 +1,9 @@
-"""Data-test fixtures: shards of chat and downstream records with long-tailed lengths."""
+"""Data-test fixtures (helpers live in datakit.py)."""
 from __future__ import annotations
-
-import random
 
 import pytest
 
-from delia_dist.config import DataConfig, SourceConfig
-from delia_dist.data import ShardWriter
-from delia_dist.tiny import _WORDS
-
-INSTRUCTION = 'Translate to English:\n{source}\nAnswer as {"text": ...}'
-
-
-def words(rng, n):
-    return " ".join(rng.choice(_WORDS) for _ in range(n))
-
-
-def chat_records(n, seed=0, mean_words=12):
-    rng = random.Random(seed)
-    return [{"messages": [{"role": "user", "content": words(rng, rng.randint(2, 10))},
-                          {"role": "assistant",
-                           "content": words(rng, max(1, int(rng.lognormvariate(0, 0.8) * mean_words)))}],
-             "meta": {"i": i}} for i in range(n)]
-
-
-def task_records(n, seed=1):
-    rng = random.Random(seed)
-    return [{"instruction": INSTRUCTION, "fields": {"source": words(rng, rng.randint(3, 12))},
-             "response": words(rng, rng.randint(2, 8)), "meta": {"i": i}} for i in range(n)]
-
-
-def write_shards(out_dir, tokenizer, records, max_shard_bytes=16_000):
-    with ShardWriter(out_dir, tokenizer, max_shard_bytes=max_shard_bytes) as w:
-        for r in records:
-            w.write(r)
-    return out_dir / "manifest.json"
+from datakit import chat_records, task_records, write_shards
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +17,3 @@ def shard_sets(tmp_path_factory, tiny_tokenizer):
     }
 
 
-def data_cfg(sources, **kw):
-    """sources: [(name, manifest, weight, extra SourceConfig kwargs)]."""
-    cfg = DataConfig(sources=[SourceConfig(name=n, shards=str(m), weight=w, **(x[0] if x else {}))
-                              for n, m, w, *x in sources], **{"seq_len": 128, "shuffle_buffer": 32,
-                                                             "pack_buffer": 16, **kw})
-    cfg.validate()
-    return cfg

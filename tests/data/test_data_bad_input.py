@@ -13,7 +13,7 @@ import pytest
 
 from delia_dist.data import DataError, build_train_stream
 from delia_dist.data.records import tokenizer_info
-from conftest import chat_records, data_cfg, write_shards
+from datakit import chat_records, data_cfg, write_shards
 
 
 def raw_shard(path, samples):
@@ -69,7 +69,7 @@ def test_malformed_records_are_counted_per_reason(tmp_path, tiny_tokenizer, capl
 
 def test_bad_json_counted_when_record_is_read(tmp_path, tiny_tokenizer):
     """Paraphrased sources re-tokenize from the record JSON, so they parse and check it."""
-    from conftest import INSTRUCTION
+    from datakit import INSTRUCTION
     task = {"instruction": INSTRUCTION, "fields": {"source": "ég er"}, "response": "I am"}
     samples = [("b0", {**good_parts(), "json": json.dumps(task).encode()}),
                ("b1", {**good_parts(), "json": b"{not json"}),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from delia_dist.data import DataError, build_train_stream
-from conftest import INSTRUCTION, data_cfg, task_records, write_shards
+from datakit import INSTRUCTION, data_cfg, task_records, write_shards
 
 
 def take(stream, n):
