@@ -96,6 +96,9 @@ def test_preempted_job_checkpoints_requeues_and_resumes_with_identical_losses(sl
     assert f"training preempted at step {stopped_at}" in output(workspace, name)
     assert max(losses(workspace, name)) == stopped_at
 
+    # Release it once the node has finished cleaning up the first run (Slurm's own
+    # BeginTime delay on requeue exists for this; a real job just waits it out).
+    slurm._wait(lambda: slurm.hostname in slurm.idle_nodes(), 60, "node idle after requeue")
     slurm.scontrol("update", f"JobId={job}", "StartTime=now")
     info = finished(slurm, workspace, name, job)
     assert info["Restarts"] == "1"
