@@ -56,9 +56,9 @@ if [ "$GEN" = 1 ]; then
   fi
 fi
 
-if [ "$SLURM" = 1 ] && ! command -v slurmctld >/dev/null 2>&1; then
-  echo "[install] slurm-wlm + munge from Debian's packages"
+if [ "$SLURM" = 1 ] && ! { command -v slurmctld && command -v shellcheck && command -v ip; } >/dev/null 2>&1; then
+  echo "[install] slurm-wlm + munge (and shellcheck, iproute2 for the tests) from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq slurm-wlm munge iproute2 >/dev/null
+  apt-get install -y -qq slurm-wlm munge iproute2 shellcheck >/dev/null
 fi
