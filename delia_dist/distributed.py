@@ -20,8 +20,9 @@ def init(env, timeout_s: float = 600.0) -> str:
     """
     os.environ.update(env.torch_env())
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
-        device, backend = f"cuda:{env.local_rank}", "nccl"
+        # device_index: 0 when Slurm binds one GPU per task, else the local rank.
+        torch.cuda.set_device(env.device_index)
+        device, backend = f"cuda:{env.device_index}", "nccl"
     else:
         device, backend = "cpu", "gloo"
     if not dist.is_initialized():
