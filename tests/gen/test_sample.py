@@ -15,18 +15,6 @@ pytestmark = pytest.mark.skipif(not gen_python().exists(),
                                 reason="vLLM environment absent (scripts/install.sh --gen makes .venv-gen)")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    from delia_dist.tiny import build_model, llama_config
-    out = tmp_path_factory.mktemp("vllm-model")
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    build_model(llama_config(len(tok))).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def run_sample(model_dir, queries, out, *extra):
     cmd = [sys.executable, "-m", "delia_dist.cli", "data", "sample", "--model", str(model_dir), "--input",
            str(queries), "--out", str(out), "--set", "generate.sample.max_tokens=16",

@@ -19,14 +19,8 @@ pytestmark = pytest.mark.skipif(not gen_python().exists(),
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory, tiny_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    from delia_dist.tiny import build_model, llama_config
-    model = tmp_path_factory.mktemp("served")
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    build_model(llama_config(len(tok))).save_pretrained(model)
-    tok.save_pretrained(model)
+def vllm_server(model_dir):
+    model = model_dir
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
