@@ -8,8 +8,13 @@ for this loss: nothing is recomputed in backward, which only multiplies the stor
 gradients by grad_output. Extra memory is one C x V logits/gradient buffer plus grad_W
 (V x D, fp32) and grad_h (N x D): O(C*V), never O(N*V).
 
-reduction="none" with a gradient needs a per-row grad_output the forward cannot know, so
-that path saves only its inputs and recomputes logits in backward (8*N*D*V). The
+Only requested gradients are made: without grad (eval) 2*N*D*V; a frozen head (LoRA:
+weight.requires_grad False) skips grad_W, 4*N*D*V and no V x D buffer.
+
+reduction="none" with a gradient needs a per-row grad_output the forward cannot know.
+grad_h could be stored unscaled and scaled per row later, but grad_W = sum_i go_i g_i^T h_i
+needs every row's g again, and keeping g is N x V. So that path saves only its inputs and
+recomputes the logits in backward: 2*N*D*V forward + 6*N*D*V backward = 8*N*D*V. The
 trainer avoids it: it asks for reduction="sum" with return_token_losses=True, which gives
 per-token losses (detached, for per-source and per-format-token metrics) at 6*N*D*V.
 """
@@ -102,7 +107,7 @@ def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -
     if h.dtype == torch.float32:
         grad_w.addmm_(g.T, h)
     else:
-        grad_w += (g.T.to(h.dtype) @ h).float()
+        grad_w += g.T.to(h.dtype) @ h  # mixed-dtype in-place add: no V x D fp32 temporary
 
 
 def _rows(use_triton: bool, logits, labels, valid, **kw):
@@ -113,23 +118,36 @@ def _rows(use_triton: bool, logits, labels, valid, **kw):
     return _row_loss_and_grad(logits, labels, valid, **kw)
 
 
+def _grad_h_rows(out: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> None:
+    """out (rows of grad_h) = g @ W: straight into `out` for fp32, else in W's dtype."""
+    if weight.dtype == torch.float32 and out.dtype == torch.float32:
+        torch.mm(g, weight, out=out)
+    else:
+        out.copy_(g.to(weight.dtype) @ weight)
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ignore_index, reduction, label_smoothing, z_loss,
                 softcap, chunk_size, use_triton):
         n, d = hidden.shape
         v = weight.shape[0]
-        needs_grad = any(ctx.needs_input_grad[:3])
+        # Only the gradients autograd asks for are made: a frozen head (LoRA) skips grad_W,
+        # its V x D fp32 buffer and a third of the FLOPs.
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias is not None
+        needs_grad = need_h or need_w or need_b
         valid_all = labels != ignore_index
         n_valid = valid_all.sum()
         precompute = needs_grad and reduction != "none"
-        losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        grad_h = torch.empty_like(hidden) if precompute else None
-        grad_w = torch.zeros(v, d, dtype=torch.float32, device=hidden.device) if precompute else None
-        grad_b = torch.zeros(v, dtype=torch.float32, device=hidden.device) if precompute and bias is not None else None
-        scale = (1.0 / n_valid.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=hidden.device)
+        dev = hidden.device
+        losses = torch.empty(n, dtype=torch.float32, device=dev)
+        grad_h = torch.empty_like(hidden) if precompute and need_h else None
+        grad_w = torch.zeros(v, d, dtype=torch.float32, device=dev) if precompute and need_w else None
+        grad_b = torch.zeros(v, dtype=torch.float32, device=dev) if precompute and need_b else None
+        scale = (1.0 / n_valid.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=dev)
         step = _chunk_rows(n, v, chunk_size)
-        buf = torch.empty(min(step, n), v, dtype=torch.float32, device=hidden.device)
+        buf = torch.empty(min(step, n), v, dtype=torch.float32, device=dev)
         for s in range(0, n, step):
             e = min(n, s + step)
             h = hidden[s:e]
@@ -138,17 +156,18 @@ class _ChunkedLinearCE(torch.autograd.Function):
             loss, _, g = _rows(use_triton, logits, lab, val, label_smoothing=label_smoothing, z_loss=z_loss,
                                softcap=softcap, grad_scale=scale.expand(e - s), want_grad=precompute)
             losses[s:e] = loss
-            if precompute:
-                grad_h[s:e] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_h is not None:
+                _grad_h_rows(grad_h[s:e], g, weight)
+            if grad_w is not None:
                 _accumulate_grad_w(grad_w, g, h)
-                if grad_b is not None:
-                    grad_b += g.sum(0)
-        ctx.reduction, ctx.has_bias = reduction, bias is not None
+            if grad_b is not None:
+                grad_b += g.sum(0)
+        ctx.reduction, ctx.needs = reduction, (need_h, need_w, need_b)
         ctx.opts = (label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton)
         if precompute:
-            ctx.save_for_backward(grad_h, grad_w, grad_b if grad_b is not None else torch.empty(0))
+            ctx.save_for_backward(grad_h, grad_w, grad_b)
         elif needs_grad:
-            ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), labels)
+            ctx.save_for_backward(hidden, weight, bias, labels)
         ctx.precompute = precompute
         ctx.weight_dtype = weight.dtype
         tokens = losses.detach().clone() if reduction == "none" else losses
@@ -162,22 +181,28 @@ class _ChunkedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_tokens):
+        nones = (None,) * 8
         if ctx.precompute:
+            # Scaled in place: the stored gradients are ours alone, and a V x D fp32 copy of
+            # grad_W would be the largest tensor of the step. A second backward through the
+            # same graph (retain_graph) then fails autograd's saved-tensor version check
+            # instead of returning a twice-scaled gradient.
             grad_h, grad_w, grad_b = ctx.saved_tensors
             go = grad_out.float()
-            gh = (grad_h * go.to(grad_h.dtype))
-            gw = (grad_w * go).to(ctx.weight_dtype)
-            gb = (grad_b * go).to(ctx.weight_dtype) if ctx.has_bias else None
-            return gh, gw, gb, None, None, None, None, None, None, None, None
+            gh = grad_h.mul_(go) if grad_h is not None else None
+            gw = grad_w.mul_(go).to(ctx.weight_dtype) if grad_w is not None else None
+            gb = grad_b.mul_(go).to(ctx.weight_dtype) if grad_b is not None else None
+            return (gh, gw, gb) + nones
         hidden, weight, bias, labels = ctx.saved_tensors
-        bias = bias if ctx.has_bias else None
+        need_h, need_w, need_b = ctx.needs
         label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton = ctx.opts
         n, v = hidden.shape[0], weight.shape[0]
-        gh = torch.empty_like(hidden)
-        gw = torch.zeros(weight.shape, dtype=torch.float32, device=hidden.device)
-        gb = torch.zeros(v, dtype=torch.float32, device=hidden.device) if bias is not None else None
+        dev = hidden.device
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=dev) if need_w else None
+        gb = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
         step = _chunk_rows(n, v, chunk_size)
-        buf = torch.empty(min(step, n), v, dtype=torch.float32, device=hidden.device)
+        buf = torch.empty(min(step, n), v, dtype=torch.float32, device=dev)
         for s in range(0, n, step):
             e = min(n, s + step)
             h = hidden[s:e]
@@ -185,12 +210,14 @@ class _ChunkedLinearCE(torch.autograd.Function):
             lab = labels[s:e]
             _, _, g = _rows(use_triton, logits, lab, lab != ignore_index, label_smoothing=label_smoothing,
                             z_loss=z_loss, softcap=softcap, grad_scale=grad_out[s:e].float(), want_grad=True)
-            gh[s:e] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
-            _accumulate_grad_w(gw, g, h)
+            if gh is not None:
+                _grad_h_rows(gh[s:e], g, weight)
+            if gw is not None:
+                _accumulate_grad_w(gw, g, h)
             if gb is not None:
                 gb += g.sum(0)
-        return (gh, gw.to(weight.dtype), gb.to(weight.dtype) if gb is not None else None,
-                None, None, None, None, None, None, None, None)
+        return (gh, gw.to(weight.dtype) if gw is not None else None,
+                gb.to(weight.dtype) if gb is not None else None) + nones
 
 
 def reference_linear_cross_entropy(hidden, weight, labels, bias=None, ignore_index=-100, reduction="mean",
@@ -233,6 +260,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden [N, D] and weight [V, D], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden and weight must share a dtype (the head's matmul runs in it), got "
+                         f"{hidden.dtype} and {weight.dtype}")
     if labels.shape != hidden.shape[:1]:
         raise ValueError(f"labels must be [N]={hidden.shape[0]}, got {tuple(labels.shape)}")
     if softcap is not None and softcap <= 0:

@@ -16,7 +16,8 @@ from torch.utils._pytree import tree_flatten
 
 class TensorMemoryTracker(TorchDispatchMode):
     """Inside `with TensorMemoryTracker() as m:`, m.peak_bytes is the most bytes of storage
-    created inside the block and alive at once; m.max_numel the largest tensor made."""
+    created inside the block and alive at once; m.max_numel the largest tensor made
+    (views of existing storage do not count)."""
 
     def __init__(self):
         super().__init__()
@@ -34,12 +35,12 @@ class TensorMemoryTracker(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
-            if t.numel() > self.max_numel:
-                self.max_numel, self.max_shape = t.numel(), tuple(t.shape)
             storage = t.untyped_storage()
             key, nbytes = storage.data_ptr(), storage.nbytes()
             if nbytes == 0 or key in self._live or key in inputs:
                 continue  # a view or in-place result, or a storage already counted
+            if t.numel() > self.max_numel:
+                self.max_numel, self.max_shape = t.numel(), tuple(t.shape)
             self._live.add(key)
             self.live_bytes += nbytes
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)

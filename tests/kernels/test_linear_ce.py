@@ -214,3 +214,59 @@ def test_triton_kernel_compiles_for_h100_class_gpu(tmp_path):
     out = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], cwd=Path(__file__).resolve().parents[2],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("frozen", ["weight", "hidden"])
+def test_frozen_inputs_get_no_gradient_and_the_rest_is_exact(impl, reduction, frozen, small_triton_block):
+    """LoRA freezes the head: the weight gets no gradient (and no V x D buffer is made),
+    hidden's gradient still matches float64. And the other way round."""
+    h, w, b, labels = make_inputs(37, 101, torch.float32, False)
+    go = torch.rand(37, dtype=torch.float64) if reduction == "none" else torch.tensor(1.0, dtype=torch.float64)
+    ref_h, ref_w = h.double().requires_grad_(), w.double().requires_grad_()
+    ref = reference_linear_cross_entropy(ref_h, ref_w, labels, reduction=reduction, **OPTIONS["all"])
+    (ref * go).sum().backward()
+    hh, ww = h.to(DEVICE).requires_grad_(frozen != "hidden"), w.to(DEVICE).requires_grad_(frozen != "weight")
+    with TensorMemoryTracker() as mem:
+        # 8-row chunks: a chunk of logits (8 x V) is smaller than W (V x D=16).
+        loss = linear_cross_entropy(hh, ww, labels.to(DEVICE), reduction=reduction, impl=impl, chunk_size=8,
+                                    **OPTIONS["all"])
+        (loss * go.to(DEVICE, torch.float32)).sum().backward()
+    assert torch.allclose(loss.detach().double().cpu(), ref.detach(), rtol=1e-5, atol=1e-5)
+    got, want, other = (hh, ref_h, ww) if frozen == "weight" else (ww, ref_w, hh)
+    assert other.grad is None
+    assert torch.allclose(got.grad.double().cpu(), want.grad, rtol=1e-5, atol=1e-5 * want.grad.abs().max().item())
+    if frozen == "weight" and DEVICE == "cpu":
+        assert mem.max_numel < w.numel(), mem.max_shape  # no grad_W-sized tensor was made
+
+
+def test_eval_without_grad_makes_no_gradient_buffers():
+    """Under no_grad (evaluation) only the loss is computed: nothing of size N x D or V x D."""
+    n, v = 256, 300
+    h, w, b, labels = make_inputs(n, v, torch.float32, True)
+    h, w, b = (t.requires_grad_() for t in (h, w, b))
+    with torch.no_grad(), TensorMemoryTracker() as mem:
+        tokens = linear_cross_entropy(h, w, labels, bias=b, reduction="none", impl="chunked", chunk_size=CHUNK)
+    ref = reference_linear_cross_entropy(h.detach().double(), w.detach().double(), labels, b.detach().double(),
+                                         reduction="none")
+    assert torch.allclose(tokens.double(), ref, rtol=1e-5, atol=1e-5)
+    assert mem.max_numel <= CHUNK * v, mem.max_shape
+    assert mem.peak_bytes < 4 * (2 * CHUNK * v + 4 * n)
+
+
+def test_second_backward_through_the_same_graph_fails_loudly():
+    """Backward scales the stored gradients in place (no V x D copy); a retain_graph second
+    backward must then raise, never return a twice-scaled gradient."""
+    h, w, b, labels = make_inputs(7, 101, torch.float32, False)
+    h, w = h.requires_grad_(), w.requires_grad_()
+    loss = linear_cross_entropy(h, w, labels, impl="chunked") * 3.0
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
+
+
+def test_mismatched_dtypes_raise():
+    h, w, b, labels = make_inputs(7, 101, torch.float32, False)
+    with pytest.raises(ValueError, match="dtype"):
+        linear_cross_entropy(h.bfloat16(), w, labels)
