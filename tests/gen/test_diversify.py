@@ -171,3 +171,73 @@ def test_cli_writes_paraphrases_and_never_prints_the_key(server_factory, tmp_pat
     bad = subprocess.run([sys.executable, "-m", "delia_dist.cli", "data", "diversify", str(tmp_path / "none.jsonl"),
                           "--out", str(out)], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "instructions file not found" in bad.stderr
+
+
+def test_concurrency_is_bounded_by_max_concurrency(tmp_path):
+    """Four instructions, two workers: requests overlap, but never more than two at once."""
+    state = {"now": 0, "peak": 0, "lock": threading.Lock()}
+    srv = FaultServer([])
+    handle = srv.httpd.RequestHandlerClass.do_POST
+
+    def slow_post(self):
+        with state["lock"]:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.3)
+        with state["lock"]:
+            state["now"] -= 1
+        handle(self)
+    srv.httpd.RequestHandlerClass.do_POST = slow_post
+    try:
+        instructions = [INSTRUCTION.replace("Fenish", name) for name in ("Fenish", "Dutch", "Welsh", "Basque")]
+        out = Diversifier(cfg(srv.url, max_concurrency=2, timeout_s=5.0), tmp_path / "c").run(instructions)
+    finally:
+        srv.close()
+    assert [r["original"] for r in out] == instructions and all(len(r["paraphrases"]) == 3 for r in out)
+    assert state["peak"] == 2 and srv.requests == 4
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    from email.utils import formatdate
+
+    from delia_dist.gen.diversify import retry_after_seconds
+    assert retry_after_seconds("2") == 2.0 and retry_after_seconds(None) is None
+    assert 8 <= retry_after_seconds(formatdate(time.time() + 10, usegmt=True)) <= 10
+    assert retry_after_seconds(formatdate(time.time() - 10, usegmt=True)) == 0.0
+    assert retry_after_seconds("soon") is None and retry_after_seconds("86400") == 300.0
+
+
+def test_429_with_an_http_date_retry_after_still_retries(server_factory, tmp_path):
+    from email.utils import formatdate
+    srv = server_factory([("429", formatdate(time.time() + 1, usegmt=True))])
+    out = Diversifier(cfg(srv.url), tmp_path / "c").run([INSTRUCTION])
+    assert len(out[0]["paraphrases"]) == 3 and srv.requests == 2
+
+
+@pytest.mark.parametrize("candidate, reason", [
+    ("   ", "empty"),
+    ("Render {source} in English, <sep> style.\n{source}", "placeholders"),  # {source} twice
+    ("Render {source} in English.", "placeholders"),  # <sep> dropped
+    ("Render {source} in English using <sep> and <eos>.", "placeholders"),  # token added
+    ("Render {src} in English, <sep> style.", "placeholders"),  # placeholder renamed
+    (INSTRUCTION.replace("following", "next"), "near_duplicate"),
+    (GOOD[0] + "!", "near_duplicate"),  # near-copy of an accepted one
+    (GOOD[1], None),
+])
+def test_validation_rules(candidate, reason):
+    from delia_dist.gen.validate import rejection
+    assert rejection(candidate, INSTRUCTION, [GOOD[0]], 0.9) == reason
+
+
+def test_json_braces_are_not_placeholders():
+    from delia_dist.gen.validate import rejection
+    original = 'Answer as JSON like {"label": "x"} for: {text}'
+    assert rejection('Classify {text}; reply with an object such as {"label": ...}.', original, [], 0.9) is None
+
+
+def test_invalid_settings_are_clear_errors(tmp_path):
+    inst = tmp_path / "tasks.jsonl"
+    inst.write_text(json.dumps({"instruction": INSTRUCTION}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "data", "diversify", str(inst), "--out",
+                           str(tmp_path / "p.jsonl"), "-k", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "generate.diversify.k: must be >= 1" in proc.stderr
