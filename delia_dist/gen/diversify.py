@@ -53,27 +53,6 @@ class Stats:
             for k, v in kw.items():
                 setattr(self, k, getattr(self, k) + v)
 
-    def reject(self, reason: str) -> None:
-        with self.lock:
-            self.rejected[reason] += 1
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds (RFC 9110: delay-seconds or an HTTP date); None if absent or
-    unreadable, so the caller falls back to its own backoff. Capped: a server asking for
-    hours should not park a worker silently."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return min(max(seconds, 0.0), 300.0)
-
 
 class TransientError(Exception):
     """A reply worth retrying: rate limit, server error, timeout, malformed body."""
@@ -84,8 +63,8 @@ class TransientError(Exception):
 
 
 class Diversifier:
-    def __init__(self, cfg, cache_dir: str | os.PathLike, client=None):
-        self.cfg, self.max_rounds = cfg, cfg.max_rounds
+    def __init__(self, cfg, cache_dir: str | os.PathLike, client=None, max_rounds: int = 4):
+        self.cfg, self.max_rounds = cfg, max_rounds
         self.cache = ResponseCache(cache_dir)
         self.stats = Stats()
         self._client = client
@@ -121,7 +100,7 @@ class Diversifier:
             except openai.RateLimitError as e:
                 self.stats.add(requests=1)
                 header = e.response.headers.get("retry-after") if e.response is not None else None
-                last = TransientError("429 rate limited", retry_after_seconds(header))
+                last = TransientError("429 rate limited", float(header) if header else None)
             except openai.APIStatusError as e:
                 self.stats.add(requests=1)
                 if e.status_code < 500:
@@ -165,7 +144,7 @@ class Diversifier:
             for cand in self.ask(instruction, k - len(accepted), round_):
                 reason = rejection(cand, instruction, accepted, self.cfg.max_similarity)
                 if reason:
-                    self.stats.reject(reason)
+                    self.stats.rejected[reason] += 1
                     log.debug("rejected (%s): %r", reason, cand[:120])
                 elif len(accepted) < k:
                     accepted.append(cand.strip())

@@ -3,23 +3,18 @@
 Reference recipe: [system, user query, assistant reference answer, user the same query]
 -> a fresh answer (temperature 0.7, top_p 0.95, max_tokens 512, one sample per query).
 Input is split into parts across Slurm array tasks or ranks; each part is generated,
-written as shards with a manifest and marked done, so a rerun skips finished parts and
-regenerates unfinished ones from scratch (a killed task leaves no half part behind).
+written as shards with a manifest and marked done, so a rerun skips finished parts.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-from collections import Counter
 from pathlib import Path
 
 from ..errors import UserError
 from .vllm_worker import generate_chat
 
 log = logging.getLogger("delia.sample")
-DONE = "DONE"
 
 
 def read_queries(path: str | Path) -> list[dict]:
@@ -41,24 +36,16 @@ def read_queries(path: str | Path) -> list[dict]:
     else:
         raise UserError(f"query file not found: {p}")
     for where, rec in items:
-        if not isinstance(rec, dict):
-            raise UserError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
         if isinstance(rec.get("query"), str):
-            ref = rec.get("reference")
-            if ref is not None and not isinstance(ref, str):
-                raise UserError(f"{where}: 'reference' must be a string")
-            rows.append({"query": rec["query"], "reference": ref})
+            rows.append({"query": rec["query"], "reference": rec.get("reference")})
         elif isinstance(rec.get("messages"), list):
-            turns = [m for m in rec["messages"] if isinstance(m, dict) and isinstance(m.get("content"), str)]
-            user = next((m["content"] for m in turns if m.get("role") == "user"), None)
-            ref = next((m["content"] for m in turns if m.get("role") == "assistant"), None)
+            user = next((m["content"] for m in rec["messages"] if m.get("role") == "user"), None)
+            ref = next((m["content"] for m in rec["messages"] if m.get("role") == "assistant"), None)
             if user is None:
                 raise UserError(f"{where}: chat record without a user turn")
             rows.append({"query": user, "reference": ref})
         else:
             raise UserError(f"{where}: needs 'query' or 'messages'")
-    if not rows:
-        raise UserError(f"{p}: no queries")
     return rows
 
 
@@ -70,69 +57,41 @@ def chat_for(q: dict, system: str) -> list[dict]:
     return chat
 
 
-def part_queries(n_queries: int, part: int, n_parts: int) -> list[int]:
-    """Query indices of one part: round-robin, so parts are balanced and disjoint."""
-    return list(range(part, n_queries, n_parts))
-
-
 def sample(model_dir: str, queries_path: str, out_dir: str, cfg, task_index: int = 0, num_tasks: int = 1,
            parts_per_task: int = 1) -> list[Path]:
     """Generate this task's parts; returns the part directories (done ones are skipped)."""
     from transformers import AutoTokenizer
 
     from ..data import ShardWriter
-    from ..data.errors import RecordError
 
-    if num_tasks < 1 or parts_per_task < 1:
-        raise UserError(f"num_tasks ({num_tasks}) and parts_per_task ({parts_per_task}) must be >= 1")
     if not 0 <= task_index < num_tasks:
         raise UserError(f"task index {task_index} not in [0, {num_tasks})")
     queries = read_queries(queries_path)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     n_parts = num_tasks * parts_per_task
-    mine_parts = list(range(task_index, n_parts, num_tasks))
     done_parts = []
-    for k, part in enumerate(mine_parts, 1):
+    for part in range(task_index, n_parts, num_tasks):
         part_dir = Path(out_dir) / f"part-{part:05d}"
-        if (part_dir / DONE).is_file():
+        if (part_dir / "DONE").is_file():
             log.info("%s already done, skipping", part_dir)
             done_parts.append(part_dir)
             continue
-        if part_dir.exists():  # an interrupted attempt: its shards may be stale or torn
-            log.info("%s is incomplete, regenerating it", part_dir)
-            shutil.rmtree(part_dir)
-        mine = part_queries(len(queries), part, n_parts)
-        log.info("part %d (%d of %d for task %d/%d): %d queries", part, k, len(mine_parts), task_index,
-                 num_tasks, len(mine))
-        seed = cfg.seed + part
-        outs = generate_chat(model_dir, [chat_for(queries[i], cfg.system_prompt) for i in mine],
+        mine = [(i, q) for i, q in enumerate(queries) if i % n_parts == part]
+        outs = generate_chat(model_dir, [chat_for(q, cfg.system_prompt) for _, q in mine],
                              temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, n=cfg.n,
-                             seed=seed, tensor_parallel_size=cfg.tensor_parallel_size,
-                             skip_too_long=True) if mine else []
-        skipped: Counter = Counter()
-        with ShardWriter(part_dir, tokenizer, max_shard_bytes=int(cfg.max_shard_mb * (1 << 20)),
-                         prefix="shard") as w:
-            for i, texts in zip(mine, outs):
-                if not texts:
-                    skipped["prompt_too_long"] += 1
-                    continue
+                             seed=cfg.seed + part, tensor_parallel_size=cfg.tensor_parallel_size)
+        empty = 0
+        with ShardWriter(part_dir, tokenizer, prefix="shard") as w:
+            for (i, q), texts in zip(mine, outs):
                 for j, text in enumerate(texts):
                     if not text.strip():
-                        skipped["empty"] += 1
+                        empty += 1
                         continue
-                    record = {"messages": [{"role": "user", "content": queries[i]["query"]},
-                                           {"role": "assistant", "content": text}],
-                              "meta": {"query_index": i, "sample": j, "model": str(model_dir), "seed": seed}}
-                    try:
-                        w.write(record)
-                    except RecordError as e:
-                        skipped[e.reason] += 1
-                        log.debug("query %d sample %d skipped: %s", i, j, e)
-        if skipped:
-            log.warning("%s: skipped %s", part_dir, dict(skipped))
-        tmp = part_dir / (DONE + ".tmp")
-        tmp.write_text(json.dumps({"queries": len(mine), "samples": w.samples, "tokens": w.tokens,
-                                   "skipped": dict(skipped), "seed": seed}))
-        os.replace(tmp, part_dir / DONE)
+                    w.write({"messages": [{"role": "user", "content": q["query"]},
+                                          {"role": "assistant", "content": text}],
+                             "meta": {"query_index": i, "sample": j, "model": str(model_dir), "seed": cfg.seed + part}})
+        if empty:
+            log.warning("%s: %d empty generations skipped", part_dir, empty)
+        (part_dir / "DONE").write_text(json.dumps({"queries": len(mine), "empty": empty}))
         done_parts.append(part_dir)
     return done_parts
