@@ -26,6 +26,9 @@ BRIDGE, SUBNET, CTL_ADDR = "deliabr0", "10.77.0", "10.77.0.1"
 NS_NODES = {"n1": f"{SUBNET}.11", "n2": f"{SUBNET}.12"}
 HOSTS_MARK = "# delia-slurm-test"
 LOCK = "/tmp/delia-slurm-test.lock"
+# In the environment of every daemon and job a test cluster starts: a cluster whose test
+# process was killed (no teardown) is found by it and cleared before the next one starts.
+MARKER = "DELIA_SLURM_TEST_CLUSTER"
 
 
 def unavailable_reason() -> str | None:
@@ -58,7 +61,7 @@ class SlurmCluster:
         self.links_created: list[str] = []
         self.hosts_added = False
         self._lock_fd: int | None = None
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf), MARKER: str(self.root)}
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "SlurmCluster":
@@ -66,6 +69,7 @@ class SlurmCluster:
         self._lock_fd = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
+            self._clear_stale()
             self._write_conf()
             self._start_munge()
             self._network_up()
@@ -180,6 +184,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/builtin
+# A requeued job whose BeginTime passes starts at the next pass of the main loop (60 s).
+SchedulerParameters=sched_interval=2
 ReturnToService=2
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
@@ -266,6 +272,24 @@ PartitionName=pair Nodes=n1,n2 MaxTime=INFINITE State=UP
                     os.kill(pid, signal.SIGKILL)
             except (OSError, ProcessLookupError):
                 continue
+
+    def _clear_stale(self) -> None:
+        """Holding the lock, anything of ours still around was left by a test process that
+        was killed before its teardown: its daemons and jobs, links, namespaces, hosts lines."""
+        marker = f"{MARKER}=".encode()
+        for pid in _pids():
+            try:
+                if pid != os.getpid() and any(v.startswith(marker) for v in
+                                              Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+        for link in (BRIDGE, *(f"dveth-{node}" for node in NS_NODES)):
+            _run("ip", "link", "del", link, check=False)
+        for node in NS_NODES:
+            _run("ip", "netns", "del", f"delia-{node}", check=False)
+        self.hosts_added = True
+        self._network_down()
 
     def _job_ids(self) -> list[str]:
         out = _run("squeue", "-h", "-o", "%i", check=False, env=self.env).stdout

@@ -96,27 +96,17 @@ def test_preempted_job_checkpoints_requeues_and_resumes_with_identical_losses(sl
     assert f"training preempted at step {stopped_at}" in output(workspace, name)
     assert max(losses(workspace, name)) == stopped_at
 
-    # Release it once the node has finished cleaning up the first run (Slurm's own
-    # BeginTime delay on requeue exists for this; a real job just waits it out).
+    # Slurm holds a requeued job for cred_expire (120 s) so that no node still holds the
+    # revoked credential of its last run; slurmd compares in whole seconds, so a launch in
+    # the second of the revocation fails ("Job credential revoked"). Release it early,
+    # but only once the node is idle (revocation done) and a later second has begun.
     slurm._wait(lambda: slurm.hostname in slurm.idle_nodes(), 60, "node idle after requeue")
-    slurm.scontrol("update", f"JobId={job}", "StartTime=now")
-    terminal = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
-    for _ in range(3):
-        info = slurm.wait_job(job, terminal, JOB_TIMEOUT)
-        if info["JobState"] == "COMPLETED" or "resumed from" in output(workspace, name):
-            break
-        # Now and then the one-node test cluster fails to start the requeued batch script at
-        # all (the job ends FAILED without a line of output); requeue it again, as an
-        # operator would. Training behaviour is asserted below either way.
-        slurm.scontrol("requeue", job)
-        slurm._wait(lambda: slurm.job(job).get("JobState") == "PENDING", 60, f"job {job} requeued again")
-        slurm._wait(lambda: slurm.hostname in slurm.idle_nodes(), 60, "node idle after requeue")
-        slurm.scontrol("update", f"JobId={job}", "StartTime=now")
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info}\n{output(workspace, name)[-5000:]}"
-    assert info["Restarts"] in ("1", "2", "3")
+    slurm.scontrol("update", f"JobId={job}", "StartTime=now+2")
+    info = finished(slurm, workspace, name, job)
+    assert info["Restarts"] == "1"
     text = output(workspace, name)
     assert f"resumed from runs/{name}/checkpoints/step_{stopped_at}" in text
-    assert re.search(r"restart [1-3]", text)
+    assert "restart 1" in text
     # Every step exactly once, and the same numbers as the run nobody interrupted.
     steps = [r["step"] for r in metrics(workspace, name)]
     assert steps == list(range(0, STEPS + 1)), steps
