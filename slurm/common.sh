@@ -61,16 +61,21 @@ delia_nccl_env() {
 
 # Run the training ranks under srun, forward preemption signals, requeue on exit 75.
 delia_train() {
-  local overrides=() cmd srun_pid rc interrupted
+  local overrides=() cmd srun_pid="" rc interrupted=0
   read -r -a overrides <<< "$DELIA_OVERRIDES"
   cmd=("$PYTHON" -m launcher train "$DELIA_CONFIG")
   for o in "${overrides[@]}"; do
     cmd+=(--set "$o")
   done
+  # Trapped before srun starts: an untrapped USR1 would end this shell, and the job with it.
+  trap 'interrupted=1; echo "[delia] preemption signal: asking the ranks to checkpoint"; [ -z "$srun_pid" ] || kill -USR1 "$srun_pid" 2>/dev/null' USR1 TERM
   # Slurm 22.05+ no longer passes the job's --cpus-per-task on to srun by itself.
   srun --kill-on-bad-exit=0 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} "${cmd[@]}" &
   srun_pid=$!
-  trap 'interrupted=1; echo "[delia] preemption signal: asking the ranks to checkpoint"; kill -USR1 "$srun_pid" 2>/dev/null' USR1 TERM
+  # A signal that came while srun was being started is passed on now.
+  if [ "$interrupted" = 1 ]; then
+    kill -USR1 "$srun_pid" 2>/dev/null
+  fi
   # `wait` returns early when a trapped signal arrives; wait again until srun itself ends.
   while :; do
     interrupted=0
