@@ -115,6 +115,7 @@ class Plan:
     step_tokens: int
     hours: Optional[float]
     advice: list[str] = field(default_factory=list)
+    formulas: list[str] = field(default_factory=list)  # how the big numbers were counted
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -125,7 +126,7 @@ class Plan:
                  f"ZeRO-{self.stage}, {self.precision}",
                  f"batch      micro-batch {self.micro_batch} x seq {self.seq_len}, activation checkpointing "
                  f"{'on' if self.checkpointing else 'off'}, loss {'fused' if self.fused_loss else 'unfused'}",
-                 "", "per-GPU memory (GB)"]
+                 "", "per-GPU memory (GB = 1e9 bytes)"]
         for part, gb in self.memory_gb.items():
             lines.append(f"  {part:<46s}{gb:9.2f}")
         lines.append(f"  {'total':<46s}{self.total_gb:9.2f}   of {self.gpu_memory_gb:.1f}")
@@ -134,6 +135,7 @@ class Plan:
                      f"gradients {states[1]:.2f})")
         if self.host_memory_gb:
             lines.append(f"  {'offloaded to host memory':<46s}{self.host_memory_gb:9.2f}")
+        lines += ["", "counted as"] + [f"  {f}" for f in self.formulas]
         lines += ["", f"throughput {self.tokens_per_s:,.0f} tokens/s at MFU {self.mfu:.2f} "
                       f"({self.flops_per_token / 1e9:.1f} GFLOP/token, {self.step_tokens:,} tokens/step)"]
         if self.hours is not None:
@@ -281,7 +283,33 @@ def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: fl
                   mfu=mfu, step_tokens=step_tokens,
                   hours=run_tokens / tokens_per_s / 3600 if run_tokens else None)
     result.advice = _advice(result, arch, cfg, mem, capacity, world, gpus_per_node)
+    result.formulas = _formulas(arch, cfg, mixed, world, fused, chunk if fused else None)
     return result
+
+
+def _formulas(arch: Architecture, cfg, mixed: bool, world: int, fused: bool, chunk: Optional[int]) -> list[str]:
+    """The arithmetic behind the table, with this model's numbers, so a user can check it."""
+    b, s, h, n_layers = cfg.train.micro_batch_size, cfg.data.seq_len, arch.hidden, arch.layers
+    kv, inter, v = arch.kv_dim, arch.intermediate, arch.vocab
+    stage = cfg.deepspeed.stage
+    states = ("bf16 weights 2 + bf16 grads 2 + fp32 master 4 + Adam m, v 8 = 16 B/param" if mixed
+              else "fp32 weights 4 + grads 4 + Adam m, v 8 = 16 B/param")
+    sharded = {0: "not sharded", 1: f"optimizer part / {world}", 2: f"grads + optimizer / {world}",
+               3: f"all / {world} GPUs"}[stage]
+    per_layer = f"2*(7H + 3kv + 4I) = 2*(7*{h} + 3*{kv} + 4*{inter})"
+    if cfg.model.gradient_checkpointing:
+        acts = f"b*s*(L*H*2 + {per_layer}) B (each layer's bf16 input + one layer recomputed)"
+    else:
+        acts = f"b*s*L*{per_layer} B (every layer's saved tensors; checkpointed: b*s*(L*H*2 + one layer))"
+    if fused:
+        logits = (f"fused: 2*chunk*V*4 + V*H*4 + b*s*H*2 B, chunk {chunk}, V {v} "
+                  f"(unfused would be b*s*V*10 = {b * s * v * 10 / GB:.1f} GB)")
+    else:
+        logits = f"unfused: b*s*V*10 B (bf16 logits + fp32 softmax + fp32 grad), V {v}"
+    return [f"model states  {states}, ZeRO-{stage}: {sharded}",
+            f"activations   {acts}, b {b}, s {s}, L {n_layers}",
+            f"logits        {logits}",
+            f"FLOPs/token   6*N_matmul + 12*L*H*s (N_matmul: all params but the input embedding, a lookup)"]
 
 
 def _advice(p: Plan, arch: Architecture, cfg, mem: dict[str, float], capacity: float, world: int,

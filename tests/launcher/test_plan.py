@@ -76,6 +76,10 @@ def test_cli_prints_numbers_and_exit_code_says_fit():
     ok = _delia("plan", "configs/llama3_70b.yaml", "--nodes", "8", "--gpus-per-node", "8", "--gpu", "h100-80gb")
     assert ok.returncode == 0, ok.stderr
     assert "FITS:" in ok.stdout and "weights + optimizer 15.4" in ok.stdout and "tokens/s at MFU 0.40" in ok.stdout
+    # The arithmetic is printed with the model's own numbers, so a user can redo it.
+    assert "= 16 B/param, ZeRO-3: all / 64 GPUs" in ok.stdout
+    assert "2*(7*8192 + 3*1024 + 4*28672)" in ok.stdout and "6*N_matmul + 12*L*H*s" in ok.stdout
+    assert "unfused would be b*s*V*10 = 10.5 GB" in ok.stdout
     bad = _delia("plan", "configs/llama3_70b.yaml", "--nodes", "1", "--gpus-per-node", "2")
     assert bad.returncode == 1 and "DOES NOT FIT" in bad.stdout
     unknown = _delia("plan", "configs/llama3_70b.yaml", "--nodes", "1", "--gpus-per-node", "8",
