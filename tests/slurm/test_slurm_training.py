@@ -162,3 +162,20 @@ def test_node_cut_off_fails_within_timeout_and_resubmission_resumes(slurm, works
     text = output(workspace, name)
     assert f"resumed from runs/{name}/checkpoints/{latest}" in text
     assert f"training completed at step {last_step + 2}" in text
+
+
+def test_eval_job_exports_the_checkpoint_and_scores_it(slurm, workspace, straight):
+    """slurm/delia_eval.sh: `delia ckpt export` of a ZeRO-3 checkpoint, then `delia eval` on it,
+    scores logged to the training run."""
+    name, ckpt = "eval", f"runs/straight/checkpoints/step_{STEPS}"
+    # The script asks for one GPU per task; this CPU cluster has none to give.
+    job = slurm.sbatch("-o", str(workspace / f"{name}.out"), "--export=ALL", "--gpus-per-task=0",
+                       "--cpus-per-task=1", str(REPO / "slurm" / "delia_eval.sh"), cwd=workspace,
+                       env={"DELIA_ROOT": str(REPO), "DELIA_CONFIG": str(REPO / "configs" / "tiny_cpu.yaml"),
+                            "DELIA_CHECKPOINTS": ckpt, "DELIA_OVERRIDES": "run_dir=runs/straight"})
+    finished(slurm, workspace, name, job)
+    assert (workspace / f"{ckpt}-hf" / "config.json").is_file()
+    text = output(workspace, name)
+    scores = dict(re.findall(r"^(\S+)\s+(-?\d+\.\d{4})$", text, re.M))
+    assert {"eval/translation/chrf", "eval/translation/bleu", "eval/format/well_formed"} <= set(scores), text
+    assert 0 < float(scores["eval/translation/chrf"]) <= 1
