@@ -2,9 +2,15 @@
 and one tiny DELIA workspace that every job trains on."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from cluster import SlurmCluster, unavailable_reason
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
@@ -12,9 +18,15 @@ def slurm(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"real Slurm unavailable: {reason}")
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    yield cluster
-    cluster.stop()
+    # `timeout pytest ...` ends with TERM: as an interrupt it still runs the teardown below,
+    # instead of leaving daemons and training jobs on the machine.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")
