@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
+from triton.runtime.interpreter import InterpretedFunction
 
 # Largest block of the vocabulary one program holds in registers (fp32): 16k values over
 # 16 warps is 32 registers a thread.
@@ -87,8 +87,11 @@ def _ce_rows_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, stride_scale,
             tl.store(row_ptr + offs, g, mask=mask)
 
 
-# triton.jit picks compiled or interpreted when the kernel is defined, i.e. at this import.
-INTERPRETED = bool(knobs.runtime.interpret)
+# triton.jit picks compiled or interpreted when a function is defined: this kernel at this
+# import, triton.language's own helpers (tl.max, tl.sigmoid) when triton was first imported.
+# If TRITON_INTERPRET changed in between the two disagree and the kernel cannot run.
+INTERPRETED = isinstance(_ce_rows_kernel, InterpretedFunction)
+_MODE_MISMATCH = INTERPRETED != isinstance(tl.max, InterpretedFunction)
 
 
 def row_loss_and_grad_triton(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *,
@@ -105,6 +108,9 @@ def row_loss_and_grad_triton(logits: torch.Tensor, labels: torch.Tensor, valid: 
     if logits.dim() != 2 or logits.dtype != torch.float32 or logits.stride(1) != 1:
         raise ValueError(f"logits must be a 2-D fp32 tensor with unit column stride, got "
                          f"{logits.dtype} {tuple(logits.shape)} strides {logits.stride()}")
+    if _MODE_MISMATCH:
+        raise RuntimeError("TRITON_INTERPRET was changed after triton was first imported (something imported "
+                           "triton before it was set): set it before any import of triton, e.g. at process start")
     if not logits.is_cuda and not INTERPRETED:
         raise RuntimeError("the Triton loss needs CUDA tensors, or TRITON_INTERPRET=1 set before "
                            "kernels.triton_ce is first imported (CPU interpreter)")

@@ -270,3 +270,29 @@ def test_mismatched_dtypes_raise():
     h, w, b, labels = make_inputs(7, 101, torch.float32, False)
     with pytest.raises(ValueError, match="dtype"):
         linear_cross_entropy(h.bfloat16(), w, labels)
+
+
+LATE_INTERPRET_SCRIPT = r"""
+import os
+import triton  # noqa: F401  (imported first, compiled mode, as transformers or inductor may do)
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from kernels import linear_cross_entropy
+try:
+    linear_cross_entropy(torch.randn(3, 4), torch.randn(10, 4), torch.tensor([1, 2, 3]), impl="triton")
+except RuntimeError as e:
+    print("ERROR:", e)
+"""
+
+
+def test_interpret_set_after_triton_import_is_a_clear_error():
+    """Setting TRITON_INTERPRET after triton was imported leaves the kernel interpreted but
+    triton's own helpers compiled; that must say so, not fail deep inside the interpreter."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", LATE_INTERPRET_SCRIPT], cwd=Path(__file__).resolve().parents[2],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert "ERROR: TRITON_INTERPRET was changed after triton was first imported" in out.stdout, out.stderr[-3000:]
