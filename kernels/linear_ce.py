@@ -232,7 +232,7 @@ def reference_linear_cross_entropy(hidden, weight, labels, bias=None, ignore_ind
         logits = softcap * torch.tanh(logits / softcap)
     valid = labels != ignore_index
     lse = torch.logsumexp(logits, dim=-1)
-    ce = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none",
+    ce = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0).long(), reduction="none",
                                            label_smoothing=label_smoothing)
     loss = ce + z_loss * lse * lse if z_loss else ce
     loss = torch.where(valid, loss, torch.zeros_like(loss))
@@ -263,6 +263,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden and weight must share a dtype (the head's matmul runs in it), got "
                          f"{hidden.dtype} and {weight.dtype}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class ids, got {labels.dtype}")
+    if labels.device != hidden.device or weight.device != hidden.device:
+        raise ValueError(f"hidden, weight and labels must be on one device, got {hidden.device}, "
+                         f"{weight.device} and {labels.device}")
     if labels.shape != hidden.shape[:1]:
         raise ValueError(f"labels must be [N]={hidden.shape[0]}, got {tuple(labels.shape)}")
     if softcap is not None and softcap <= 0:

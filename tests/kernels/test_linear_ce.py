@@ -266,10 +266,27 @@ def test_second_backward_through_the_same_graph_fails_loudly():
         loss.backward()
 
 
-def test_mismatched_dtypes_raise():
+def test_mismatched_dtypes_and_float_labels_raise():
     h, w, b, labels = make_inputs(7, 101, torch.float32, False)
     with pytest.raises(ValueError, match="dtype"):
         linear_cross_entropy(h.bfloat16(), w, labels)
+    with pytest.raises(ValueError, match="integer class ids"):
+        linear_cross_entropy(h, w, labels.float())
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton", "naive"])
+def test_int32_labels_and_strided_hidden(impl, small_triton_block):
+    """Labels as int32 (as some collators make them) and a transposed, non-contiguous hidden
+    give the same loss and gradients as int64 labels and a contiguous hidden."""
+    h, w, b, labels = make_inputs(37, 101, torch.float32, True)
+    base_loss, base = grads(lambda *a, **k: linear_cross_entropy(*a, impl=impl, chunk_size=CHUNK, **k),
+                            h, w, b, labels, "mean", DEVICE, None)
+    h_t = h.T.contiguous().T  # same values, column-major
+    loss, got = grads(lambda *a, **k: linear_cross_entropy(*a, impl=impl, chunk_size=CHUNK, **k),
+                      h_t, w, b, labels.int(), "mean", DEVICE, None)
+    assert torch.allclose(loss, base_loss, rtol=1e-6)
+    for g, r in zip(got, base):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-7)
 
 
 LATE_INTERPRET_SCRIPT = r"""
