@@ -29,6 +29,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..config import load_config
+    from ..errors import UserError
     from ..gen.diversify import Diversifier, estimated_cost, read_instructions
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -41,6 +42,10 @@ def run(args) -> int:
     for name in ("base_url", "model", "k"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(f"generate.diversify.{e}") from None
     out = Path(args.out)
     cache = args.cache_dir or cfg.cache_dir or f"{out}.cache"
     instructions = read_instructions(args.instructions)

@@ -53,6 +53,27 @@ class Stats:
             for k, v in kw.items():
                 setattr(self, k, getattr(self, k) + v)
 
+    def reject(self, reason: str) -> None:
+        with self.lock:
+            self.rejected[reason] += 1
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (RFC 9110: delay-seconds or an HTTP date); None if absent or
+    unreadable, so the caller falls back to its own backoff. Capped: a server asking for
+    hours should not park a worker silently."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), 300.0)
+
 
 class TransientError(Exception):
     """A reply worth retrying: rate limit, server error, timeout, malformed body."""
@@ -63,8 +84,8 @@ class TransientError(Exception):
 
 
 class Diversifier:
-    def __init__(self, cfg, cache_dir: str | os.PathLike, client=None, max_rounds: int = 4):
-        self.cfg, self.max_rounds = cfg, max_rounds
+    def __init__(self, cfg, cache_dir: str | os.PathLike, client=None):
+        self.cfg, self.max_rounds = cfg, cfg.max_rounds
         self.cache = ResponseCache(cache_dir)
         self.stats = Stats()
         self._client = client
@@ -100,7 +121,7 @@ class Diversifier:
             except openai.RateLimitError as e:
                 self.stats.add(requests=1)
                 header = e.response.headers.get("retry-after") if e.response is not None else None
-                last = TransientError("429 rate limited", float(header) if header else None)
+                last = TransientError("429 rate limited", retry_after_seconds(header))
             except openai.APIStatusError as e:
                 self.stats.add(requests=1)
                 if e.status_code < 500:
@@ -139,19 +160,21 @@ class Diversifier:
 
     def paraphrase(self, instruction: str) -> list[str]:
         accepted: list[str] = []
+        mine: Counter = Counter()
         k = self.cfg.k
         for round_ in range(self.max_rounds):
             for cand in self.ask(instruction, k - len(accepted), round_):
                 reason = rejection(cand, instruction, accepted, self.cfg.max_similarity)
                 if reason:
-                    self.stats.rejected[reason] += 1
+                    mine[reason] += 1
+                    self.stats.reject(reason)
                     log.debug("rejected (%s): %r", reason, cand[:120])
                 elif len(accepted) < k:
                     accepted.append(cand.strip())
             if len(accepted) >= k:
                 return accepted
         raise UserError(f"only {len(accepted)} of {k} valid paraphrases after {self.max_rounds} rounds for "
-                        f"instruction {instruction[:80]!r} (rejected: {dict(self.stats.rejected)})")
+                        f"instruction {instruction[:80]!r}: {k - len(accepted)} missing (rejected: {dict(mine)})")
 
     def run(self, instructions: list[str]) -> list[dict]:
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.max_concurrency)) as pool:

@@ -17,7 +17,7 @@ import pytest
 
 from delia_dist.config import DiversifyConfig
 from delia_dist.errors import UserError
-from delia_dist.gen.diversify import Diversifier
+from delia_dist.gen.diversify import Diversifier, retry_after_seconds
 from delia_dist.gen.validate import markers
 
 INSTRUCTION = "Translate the following Fenish text into English. Use the <sep> format.\n{source}"
@@ -49,6 +49,9 @@ class FaultServer:
                 kind = action[0]
                 if kind == "429":
                     return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": str(action[1])})
+                if kind == "429date":  # Retry-After as an HTTP date (RFC 9110), here already past
+                    return self._send(429, {"error": {"message": "slow down"}},
+                                      {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
                 if kind == "500":
                     return self._send(500, {"error": {"message": "boom"}})
                 if kind == "hang":
@@ -171,3 +174,64 @@ def test_cli_writes_paraphrases_and_never_prints_the_key(server_factory, tmp_pat
     bad = subprocess.run([sys.executable, "-m", "delia_dist.cli", "data", "diversify", str(tmp_path / "none.jsonl"),
                           "--out", str(out)], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "instructions file not found" in bad.stderr
+
+
+def test_retry_after_http_date_is_honoured_not_a_crash(server_factory, tmp_path):
+    srv = server_factory([("429date",), ("429date",)])
+    out = Diversifier(cfg(srv.url), tmp_path / "c").run([INSTRUCTION])
+    assert len(out[0]["paraphrases"]) == 3 and srv.requests == 3
+
+
+def test_retry_after_values():
+    from email.utils import formatdate
+    assert retry_after_seconds("2") == 2.0 and retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None  # unreadable: own backoff
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert 5 <= retry_after_seconds(formatdate(time.time() + 10, usegmt=True)) <= 10
+    assert retry_after_seconds("86400") == 300.0  # capped
+
+
+def test_concurrency_is_bounded_and_every_instruction_is_answered(tmp_path):
+    """max_concurrency requests at most in flight; results come back in input order."""
+    lock, state = threading.Lock(), {"now": 0, "peak": 0, "n": 0}
+
+    class Client:
+        class chat:
+            class completions:
+                @staticmethod
+                def create(**request):
+                    with lock:
+                        state["now"] += 1
+                        state["peak"] = max(state["peak"], state["now"])
+                        state["n"] += 1
+                    time.sleep(0.05)
+                    with lock:
+                        state["now"] -= 1
+                    items = ["Please handle the following: {source}",
+                             "{source}\nWhat should be done with the text above? Answer in full sentences.",
+                             "Kindly take a careful look at this input and act on it step by step -> {source}"]
+                    from types import SimpleNamespace as NS
+                    return NS(choices=[NS(message=NS(content=json.dumps(items)))],
+                              usage=NS(prompt_tokens=10, completion_tokens=20))
+
+    insts = [f"Task number {i}: {{source}}" for i in range(8)]
+    div = Diversifier(cfg(None, max_concurrency=3), tmp_path / "c", client=Client())
+    out = div.run(insts)
+    assert [r["original"] for r in out] == insts and all(len(r["paraphrases"]) == 3 for r in out)
+    assert state["n"] == 8 and 1 < state["peak"] <= 3
+    assert div.stats.prompt_tokens == 80 and div.stats.completion_tokens == 160
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-k", "0"], "generate.diversify.k: must be >= 1"),
+    (["--set", "generate.diversify.max_similarity=0"], "max_similarity: must be in (0, 1]"),
+    (["--set", "generate.diversify.max_rounds=0"], "max_rounds: must be >= 1"),
+])
+def test_bad_settings_are_named(tmp_path, args, message):
+    from delia_dist import cli
+    inst = tmp_path / "tasks.jsonl"
+    inst.write_text(json.dumps({"instruction": INSTRUCTION}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "data", "diversify", str(inst), "--out",
+                           str(tmp_path / "p.jsonl"), "--base-url", "http://127.0.0.1:9/v1", *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1000:]
