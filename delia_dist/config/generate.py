@@ -17,13 +17,21 @@ class SampleConfig:
     top_p: float = 0.95
     max_tokens: int = 512
     n: int = 1
+    # Part p is generated with seed + p, so a part is reproducible on its own.
     seed: int = 0
     tensor_parallel_size: int = 1
-    samples_per_shard: int = 10_000
+    max_shard_mb: float = 256.0
 
     def validate(self) -> None:
-        if self.n < 1:
-            raise ConfigValueError("n", "must be >= 1")
+        for name in ("n", "max_tokens", "tensor_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ConfigValueError(name, "must be >= 1")
+        if self.temperature < 0:
+            raise ConfigValueError("temperature", "must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigValueError("top_p", "must be in (0, 1]")
+        if self.max_shard_mb <= 0:
+            raise ConfigValueError("max_shard_mb", "must be > 0")
 
 
 @dataclass
@@ -37,12 +45,23 @@ class DiversifyConfig:
     max_retries: int = 6
     timeout_s: float = 60.0
     temperature: float = 1.0
+    # A candidate whose difflib ratio to the original or to an accepted paraphrase is above
+    # this is a near-duplicate and rejected (DELIA wants anisotropic variety).
     max_similarity: float = 0.9
+    # Rounds of asking again for the paraphrases still missing after validation.
+    max_rounds: int = 4
     cache_dir: Optional[str] = None
 
     def validate(self) -> None:
-        if self.k < 1:
-            raise ConfigValueError("k", "must be >= 1")
+        for name in ("k", "max_concurrency", "max_rounds"):
+            if getattr(self, name) < 1:
+                raise ConfigValueError(name, "must be >= 1")
+        if self.max_retries < 0:
+            raise ConfigValueError("max_retries", "must be >= 0")
+        if self.timeout_s <= 0:
+            raise ConfigValueError("timeout_s", "must be > 0")
+        if not 0 < self.max_similarity <= 1:
+            raise ConfigValueError("max_similarity", "must be in (0, 1]")
 
 
 @dataclass
