@@ -129,12 +129,14 @@ def _grad_h_rows(out: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> No
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ignore_index, reduction, label_smoothing, z_loss,
-                softcap, chunk_size, use_triton):
+                softcap, chunk_size, use_triton, grad_enabled):
         n, d = hidden.shape
         v = weight.shape[0]
         # Only the gradients autograd asks for are made: a frozen head (LoRA) skips grad_W,
-        # its V x D fp32 buffer and a third of the FLOPs.
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        # its V x D fp32 buffer and a third of the FLOPs. needs_input_grad only looks at
+        # requires_grad, so under torch.no_grad (eval, with trainable parameters) it still
+        # says yes: grad_enabled, read before apply, turns all of it off.
+        need_h, need_w, need_b = (grad_enabled and x for x in ctx.needs_input_grad[:3])
         need_b = need_b and bias is not None
         needs_grad = need_h or need_w or need_b
         valid_all = labels != ignore_index
@@ -181,7 +183,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_tokens):
-        nones = (None,) * 8
+        nones = (None,) * 9
         if ctx.precompute:
             # Scaled in place: the stored gradients are ours alone, and a V x D fp32 copy of
             # grad_W would be the largest tensor of the step. A second backward through the
@@ -292,5 +294,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         return loss
     use_triton = impl == "triton" or (impl == "auto" and hidden.is_cuda and _triton_available())
     loss, tokens = _ChunkedLinearCE.apply(hidden, weight, bias, labels, ignore_index, reduction,
-                                          float(label_smoothing), float(z_loss), softcap, chunk_size, use_triton)
+                                          float(label_smoothing), float(z_loss), softcap, chunk_size, use_triton,
+                                          torch.is_grad_enabled())
     return (loss, tokens) if return_token_losses else loss

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import linear_cross_entropy, reference_linear_cross_entropy
 from kernels.memtrack import TensorMemoryTracker
@@ -313,3 +314,42 @@ def test_interpret_set_after_triton_import_is_a_clear_error():
     out = subprocess.run([sys.executable, "-c", LATE_INTERPRET_SCRIPT], cwd=Path(__file__).resolve().parents[2],
                          env=env, capture_output=True, text=True, timeout=300)
     assert "ERROR: TRITON_INTERPRET was changed after triton was first imported" in out.stdout, out.stderr[-3000:]
+
+
+class MatmulFlops(TorchDispatchMode):
+    """2*m*k*n for every mm/addmm (plain, in-place and out= forms) run inside the block.
+    torch's FlopCounterMode misses addmm_, which is how grad_W accumulates."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name == "mm":
+            (m, k), n = args[0].shape, args[1].shape[1]
+            self.flops += 2 * m * k * n
+        elif name in ("addmm", "addmm_"):
+            (m, k), n = args[1].shape, args[2].shape[1]
+            self.flops += 2 * m * k * n
+        elif name in ("bmm", "matmul", "baddbmm", "linear"):
+            raise AssertionError(f"uncounted matmul {func}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("case,ndv", [("mean", 6), ("sum", 6), ("frozen_head", 4), ("no_grad", 2),
+                                      ("no_grad_none", 2), ("none", 8)])
+def test_flops_are_what_the_design_says(case, ndv):
+    """The FLOP claims of the module docstring and BENCHMARKS.md, counted: 6*N*D*V with
+    gradients (nothing recomputed), 4 with a frozen head, 2 in evaluation (trainable
+    parameters under no_grad), 8 for reduction='none' with a gradient (logits recomputed)."""
+    n, v = 40, 101
+    h, w, b, labels = make_inputs(n, v, torch.float32, False)
+    h, w = h.requires_grad_(), w.requires_grad_(case != "frozen_head")
+    reduction = "none" if case in ("none", "no_grad_none") else ("sum" if case == "sum" else "mean")
+    with MatmulFlops() as count:
+        with torch.set_grad_enabled(not case.startswith("no_grad")):
+            loss = linear_cross_entropy(h, w, labels, reduction=reduction, impl="chunked", chunk_size=CHUNK)
+        if loss.requires_grad:
+            loss.sum().backward()
+    assert count.flops == ndv * n * D * v
