@@ -42,12 +42,15 @@ def test_sample_writes_deterministic_shards_and_skips_done_parts(model_dir, tmp_
     queries = tmp_path / "q.jsonl"
     qs = [{"query": f"question number {i} about rivers", "reference": "rivers are wet" if i % 2 else None}
           for i in range(6)]
-    queries.write_text("".join(json.dumps(q) + "\n" for q in qs))
+    too_long = {"query": " ".join(f"word{i}" for i in range(600))}  # over the tiny model's 512 positions
+    queries.write_text("".join(json.dumps(q) + "\n" for q in [*qs, too_long]))
     run_sample(model_dir, queries, tmp_path / "a")
     run_sample(model_dir, queries, tmp_path / "b")
     done = json.loads((tmp_path / "a/part-00000/DONE").read_text())
     recs = records(tmp_path / "a/part-00000")
-    assert done["queries"] == 6 and len(recs) + done["empty"] == 12  # 6 queries x n=2
+    assert done["queries"] == 7 and done["skipped"].get("prompt_too_long") == 2  # counted, not fatal
+    assert done["samples"] == len(recs) and len(recs) + done["skipped"].get("empty", 0) == 12  # 6 queries x n=2
+    assert done["tokens"] == sum(len(ids) for _, ids in recs)
     assert recs == records(tmp_path / "b/part-00000")  # same seed, same shards
     for rec, ids in recs:
         user, answer = rec["messages"]
@@ -70,8 +73,10 @@ def test_missing_vllm_environment_is_a_clear_error(tmp_path, monkeypatch, model_
 
 def test_evaluation_generates_through_the_vllm_worker(model_dir):
     from delia_dist.eval.generate import generate, vllm_available
+    from delia_dist.gen.vllm_worker import generate as worker_generate
     assert vllm_available()
     prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
     outs = generate(str(model_dir), prompts, max_new_tokens=8, backend="vllm")
     assert len(outs) == 3 and all(isinstance(o, str) for o in outs)
-    assert outs == generate(str(model_dir), prompts, max_new_tokens=8, backend="vllm")  # greedy: reproducible
+    # the same greedy request through the worker's simple form: same texts (reproducible)
+    assert [o.strip() for o in worker_generate(str(model_dir), prompts, {"max_tokens": 8})] == outs
