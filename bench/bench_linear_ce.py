@@ -2,15 +2,17 @@
 ours beside the naive `logits = h @ W.T; cross_entropy(logits.float(), y)`, in one run.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_linear_ce.py                  # CPU, chunked
-    python bench/bench_linear_ce.py --device cuda --n 8192 --d 4096 8192 --v 128256 --dtype bf16
+    python bench/bench_linear_ce.py --device cuda --n 8192 --d 4096 8192 --v 128256 --dtype bf16 \
+        --compare liger,cce
 
 Peak extra memory = the most bytes alive at once among the tensors created by forward and
 backward (inputs excluded; gradients of hidden and weight included, both methods make them).
 CUDA: torch.cuda.max_memory_allocated() minus the allocation before the step. CPU, where
 torch keeps no allocator statistics: kernels.memtrack.TensorMemoryTracker, which sums live
 tensor storages through a TorchDispatchMode (exact for tensors; BLAS scratch not counted),
-in a separate untimed pass. On CUDA, Liger-Kernel's LigerFusedLinearCrossEntropyLoss and
-Apple's cut-cross-entropy `linear_cross_entropy` join the table when installed.
+in a separate untimed pass. On CUDA, `--compare liger,cce` adds Liger-Kernel's
+LigerFusedLinearCrossEntropyLoss and Apple's cut-cross-entropy `linear_cross_entropy`
+(each only if installed).
 
 FLOPs: logits (2*N*D*V), grad of hidden (2*N*D*V) and grad of weight (2*N*D*V) = 6*N*D*V
 for every method here; ours computes the logits once (gradients made in the forward).
@@ -51,20 +53,24 @@ def ours(chunk_size: Optional[int]):
     return lambda h, w, y: linear_cross_entropy(h, w, y, chunk_size=chunk_size)
 
 
-def optional_baselines() -> dict[str, Callable]:
-    """Other fused losses, only if installed (never installed by this script)."""
+BASELINES = {"liger": "liger-kernel", "cce": "cut-cross-entropy"}  # --compare name: PyPI name
+
+
+def baselines(names: list[str]) -> dict[str, Callable]:
+    """Other fused losses by --compare name, each imported only if installed (this script
+    never installs anything); a missing one is reported and left out of the table."""
     found = {}
-    try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-        liger = LigerFusedLinearCrossEntropyLoss()
-        found["liger"] = lambda h, w, y: liger(w, h, y)
-    except ImportError:
-        pass
-    try:
-        from cut_cross_entropy import linear_cross_entropy as cce
-        found["cut-cross-entropy"] = lambda h, w, y: cce(h, w, y)
-    except ImportError:
-        pass
+    for name in names:
+        try:
+            if name == "liger":
+                from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+                liger = LigerFusedLinearCrossEntropyLoss()
+                found["liger"] = lambda h, w, y: liger(w, h, y)
+            else:
+                from cut_cross_entropy import linear_cross_entropy as cce
+                found["cut-cross-entropy"] = lambda h, w, y: cce(h, w, y)
+        except ImportError as e:
+            print(f"# {name}: not installed ({e}); `pip install {BASELINES[name]}` to compare")
     return found
 
 
@@ -118,16 +124,24 @@ def main() -> int:
     ap.add_argument("--chunk-size", type=int, nargs="+", default=[0],
                     help="rows per chunk, one row of the table each (0: the default, ~256 MiB of fp32 logits)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare", default="", help=f"comma list of other fused losses, CUDA only: {','.join(BASELINES)}")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no GPU", file=sys.stderr)
         return 2
+    compare = [c for c in args.compare.split(",") if c]
+    if unknown := [c for c in compare if c not in BASELINES]:
+        print(f"error: --compare {','.join(unknown)}: known are {','.join(BASELINES)}", file=sys.stderr)
+        return 2
+    if compare and args.device != "cuda":
+        print("error: --compare needs --device cuda (Liger and CCE are GPU kernels)", file=sys.stderr)
+        return 2
     dtype = DTYPES[args.dtype]
+    impl = "triton" if args.device == "cuda" else "chunked"
     methods = {"naive": naive}
     for c in args.chunk_size:
-        methods[f"ours (chunk {c or 'default'})"] = ours(c or None)
-    if args.device == "cuda":
-        methods.update(optional_baselines())
+        methods[f"ours ({impl}, chunk {c or 'default'})"] = ours(c or None)
+    methods.update(baselines(compare))
     where = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"{cpu_model()}, torch threads {torch.get_num_threads()}"
     print(f"# torch {torch.__version__}, {where}, N={args.n} V={args.v} {args.dtype}, "
