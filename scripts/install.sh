@@ -31,7 +31,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip)
 
-stamp_of() { cat setup.py requirements/*.txt "$0" | sha256sum | cut -c1-16; }
+stamp_of() { cat setup.py requirements/*.txt "$0" scripts/install_vllm.sh | sha256sum | cut -c1-16; }
 STAMP=$VENV/.delia-install-$KIND-$(stamp_of)
 if [ ! -f "$STAMP" ]; then
   echo "[install] $KIND stack into $VENV (constraints: $CONSTRAINTS)"
