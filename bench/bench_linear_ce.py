@@ -15,7 +15,9 @@ LigerFusedLinearCrossEntropyLoss and Apple's cut-cross-entropy `linear_cross_ent
 (each only if installed).
 
 FLOPs: logits (2*N*D*V), grad of hidden (2*N*D*V) and grad of weight (2*N*D*V) = 6*N*D*V
-for every method here; ours computes the logits once (gradients made in the forward).
+for every method here; ours computes the logits once (gradients made in the forward). The
+"floor" row times three h @ W.T products on the same inputs: that work at this machine's
+matmul rate, which no method can beat. `--grad-accum fp32 input` adds a row per mode.
 """
 from __future__ import annotations
 
@@ -49,8 +51,8 @@ def naive(h, w, y):
     return torch.nn.functional.cross_entropy((h @ w.T).float(), y)
 
 
-def ours(chunk_size: Optional[int]):
-    return lambda h, w, y: linear_cross_entropy(h, w, y, chunk_size=chunk_size)
+def ours(chunk_size: Optional[int], grad_accum: str = "fp32"):
+    return lambda h, w, y: linear_cross_entropy(h, w, y, chunk_size=chunk_size, grad_accum=grad_accum)
 
 
 BASELINES = {"liger": "liger-kernel", "cce": "cut-cross-entropy"}  # --compare name: PyPI name
@@ -114,6 +116,21 @@ def seconds_round_robin(methods: dict[str, Callable], h, w, y, device: str, repe
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def gemm_floor_seconds(h, w, device: str, repeats: int) -> float:
+    """The FLOP floor at this machine's own matmul rate: 6*N*D*V is three products the size
+    of h @ W.T, so three times that product's median time (no loss can do less work)."""
+    with torch.no_grad():
+        h @ w.T
+        ts = []
+        for _ in range(max(3, repeats)):
+            sync(device)
+            t = time.perf_counter()
+            h @ w.T
+            sync(device)
+            ts.append(time.perf_counter() - t)
+    return 3 * statistics.median(ts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -123,6 +140,8 @@ def main() -> int:
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     ap.add_argument("--chunk-size", type=int, nargs="+", default=[0],
                     help="rows per chunk, one row of the table each (0: the default, ~256 MiB of fp32 logits)")
+    ap.add_argument("--grad-accum", nargs="+", default=["fp32"], choices=["fp32", "input"],
+                    help="dtype the head gradient is summed in, one row each (input: the weight's dtype)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compare", default="", help=f"comma list of other fused losses, CUDA only: {','.join(BASELINES)}")
     args = ap.parse_args()
@@ -140,7 +159,9 @@ def main() -> int:
     impl = "triton" if args.device == "cuda" else "chunked"
     methods = {"naive": naive}
     for c in args.chunk_size:
-        methods[f"ours ({impl}, chunk {c or 'default'})"] = ours(c or None)
+        for acc in args.grad_accum:
+            label = f"ours ({impl}, chunk {c or 'default'}" + (", grad_accum input)" if acc == "input" else ")")
+            methods[label] = ours(c or None, acc)
     methods.update(baselines(compare))
     where = torch.cuda.get_device_name() if args.device == "cuda" else \
         f"{cpu_model()}, torch threads {torch.get_num_threads()}"
@@ -168,6 +189,9 @@ def main() -> int:
         secs = seconds_round_robin(runnable, h, w, y, args.device, args.repeats)
         rows = {name: (secs[name], mems[name]) if name in secs else None for name in methods}
         base = rows.get("naive")
+        floor = gemm_floor_seconds(h.detach(), w.detach(), args.device, args.repeats)
+        print(f"| {d} | floor: 3 x (h @ W.T) at the measured matmul rate | {floor:.3f} | "
+              f"{floor / base[0]:.2f}x | | | {flops / floor / 1e9:.1f} |")
         for name, r in rows.items():
             if r is None:
                 print(f"| {d} | {name} | OOM | | | | |")

@@ -16,7 +16,7 @@ Memory per GPU (GB = 1e9 bytes), for Llama-shaped decoders:
   layer's input is kept, plus one layer's full set during its recompute.
 - logits: unfused, b*s*V in bf16 plus fp32 copies for softmax and its gradient (10 B per
   value); fused (chunked linear+CE), a chunk x V fp32 buffer and gradient plus the fp32
-  V x H weight-gradient accumulator.
+  V x H weight-gradient accumulator (none with loss.grad_accum: input).
 - a fixed allowance for the CUDA context, NCCL buffers and allocator fragmentation.
 Throughput: tokens/s = MFU * peak FLOP/s * GPUs / (6 * N_matmul + 12 * L * H * s), with
 N_matmul the parameters that take part in matmuls (all but the input embedding).
@@ -261,7 +261,8 @@ def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: fl
     fused = cfg.loss.impl != "naive"
     if fused:
         chunk = cfg.loss.chunk_size or max(1, min(4096, (256 << 20) // (4 * arch.vocab), tokens))
-        logits = 2 * chunk * arch.vocab * 4 + arch.vocab * arch.hidden * 4 + tokens * arch.hidden * 2
+        accum = 4 if cfg.loss.grad_accum == "fp32" else 0  # "input": summed into the bf16 grad itself
+        logits = 2 * chunk * arch.vocab * 4 + arch.vocab * arch.hidden * accum + tokens * arch.hidden * 2
     else:
         logits = tokens * arch.vocab * 10
     mem[f"logits + loss ({'fused, chunk x V' if fused else 'unfused, full b*s*V'})"] = logits
@@ -302,7 +303,9 @@ def _formulas(arch: Architecture, cfg, mixed: bool, world: int, fused: bool, chu
     else:
         acts = f"b*s*L*{per_layer} B (every layer's saved tensors; checkpointed: b*s*(L*H*2 + one layer))"
     if fused:
-        logits = (f"fused: 2*chunk*V*4 + V*H*4 + b*s*H*2 B, chunk {chunk}, V {v} "
+        vh = ("V*H*4 (fp32 head-gradient sum; loss.grad_accum: input drops it)" if cfg.loss.grad_accum == "fp32"
+              else "0*V*H (loss.grad_accum: input sums into the bf16 gradient)")
+        logits = (f"fused: 2*chunk*V*4 + {vh} + b*s*H*2 B, chunk {chunk}, V {v} "
                   f"(unfused would be b*s*V*10 = {b * s * v * 10 / GB:.1f} GB)")
     else:
         logits = f"unfused: b*s*V*10 B (bf16 logits + fp32 softmax + fp32 grad), V {v}"

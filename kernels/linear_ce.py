@@ -5,8 +5,8 @@ fp32 accumulate), one pass over the row computes log-sum-exp, the loss and the g
 the logits in place (Triton kernel on GPU, torch ops elsewhere), then
 grad_h_c = g @ W and grad_W += g^T @ h_c (2*C*D*V each). Total 6*N*D*V FLOPs, the floor
 for this loss: nothing is recomputed in backward, which only multiplies the stored
-gradients by grad_output. Extra memory is one C x V logits/gradient buffer plus grad_W
-(V x D, fp32) and grad_h (N x D): O(C*V), never O(N*V).
+gradients by grad_output. Extra memory is one C x V logits/gradient buffer plus grad_W's
+sum (V x D fp32, or none with grad_accum="input") and grad_h (N x D): O(C*V), never O(N*V).
 
 Only requested gradients are made: without grad (eval) 2*N*D*V; a frozen head (LoRA:
 weight.requires_grad False) skips grad_W, 4*N*D*V and no V x D buffer.
@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 LOSS_IMPLS = ("auto", "triton", "chunked", "naive")
+GRAD_ACCUM = ("fp32", "input")
 # Rows per chunk: the logits buffer is chunk x V fp32 (V=128k: 4096 rows = 2 GiB).
 DEFAULT_CHUNK = 4096
 
@@ -101,13 +102,26 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     return out
 
 
+# Vocabulary rows per 16-bit grad_W product when accumulating into fp32: bounds that
+# product's temporary to VOCAB_SLICE x D (D=8192: 256 MiB) instead of V x D.
+VOCAB_SLICE = 16384
+
+
 def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
-    """grad_w (fp32) += g^T @ h. fp32 inputs accumulate in place (no V x D temporary);
-    16-bit ones multiply in their dtype, as the logits were made."""
-    if h.dtype == torch.float32:
-        grad_w.addmm_(g.T, h)
-    else:
-        grad_w += g.T.to(h.dtype) @ h  # mixed-dtype in-place add: no V x D fp32 temporary
+    """grad_w += g^T @ h, g the chunk's fp32 d loss / d logits.
+
+    Same dtype as h (fp32, or 16-bit with grad_accum="input"): addmm_ in place, the GEMM
+    accumulates in fp32 and rounds once per chunk. 16-bit h into an fp32 grad_w: the
+    product is made in h's dtype, as the logits were, one vocabulary slice at a time, so
+    the temporary is VOCAB_SLICE x D, never V x D.
+    """
+    if grad_w.dtype == h.dtype:
+        grad_w.addmm_(g.T.to(h.dtype), h)
+        return
+    gt = g.T
+    for s in range(0, gt.shape[0], VOCAB_SLICE):
+        e = min(gt.shape[0], s + VOCAB_SLICE)
+        grad_w[s:e] += gt[s:e].to(h.dtype) @ h
 
 
 def _rows(use_triton: bool, logits, labels, valid, **kw):
@@ -129,7 +143,7 @@ def _grad_h_rows(out: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> No
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ignore_index, reduction, label_smoothing, z_loss,
-                softcap, chunk_size, use_triton, grad_enabled):
+                softcap, chunk_size, use_triton, grad_enabled, accum_dtype):
         n, d = hidden.shape
         v = weight.shape[0]
         # Only the gradients autograd asks for are made: a frozen head (LoRA) skips grad_W,
@@ -145,7 +159,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         dev = hidden.device
         losses = torch.empty(n, dtype=torch.float32, device=dev)
         grad_h = torch.empty_like(hidden) if precompute and need_h else None
-        grad_w = torch.zeros(v, d, dtype=torch.float32, device=dev) if precompute and need_w else None
+        grad_w = torch.zeros(v, d, dtype=accum_dtype, device=dev) if precompute and need_w else None
         grad_b = torch.zeros(v, dtype=torch.float32, device=dev) if precompute and need_b else None
         scale = (1.0 / n_valid.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=dev)
         step = _chunk_rows(n, v, chunk_size)
@@ -165,7 +179,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
             if grad_b is not None:
                 grad_b += g.sum(0)
         ctx.reduction, ctx.needs = reduction, (need_h, need_w, need_b)
-        ctx.opts = (label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton)
+        ctx.opts = (label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton, accum_dtype)
         if precompute:
             ctx.save_for_backward(grad_h, grad_w, grad_b)
         elif needs_grad:
@@ -183,7 +197,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_tokens):
-        nones = (None,) * 9
+        nones = (None,) * 10
         if ctx.precompute:
             # Scaled in place: the stored gradients are ours alone, and a V x D fp32 copy of
             # grad_W would be the largest tensor of the step. A second backward through the
@@ -192,16 +206,16 @@ class _ChunkedLinearCE(torch.autograd.Function):
             grad_h, grad_w, grad_b = ctx.saved_tensors
             go = grad_out.float()
             gh = grad_h.mul_(go) if grad_h is not None else None
-            gw = grad_w.mul_(go).to(ctx.weight_dtype) if grad_w is not None else None
+            gw = grad_w.mul_(go.to(grad_w.dtype)).to(ctx.weight_dtype) if grad_w is not None else None
             gb = grad_b.mul_(go).to(ctx.weight_dtype) if grad_b is not None else None
             return (gh, gw, gb) + nones
         hidden, weight, bias, labels = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs
-        label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton = ctx.opts
+        label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton, accum_dtype = ctx.opts
         n, v = hidden.shape[0], weight.shape[0]
         dev = hidden.device
         gh = torch.empty_like(hidden) if need_h else None
-        gw = torch.zeros(weight.shape, dtype=torch.float32, device=dev) if need_w else None
+        gw = torch.zeros(weight.shape, dtype=accum_dtype, device=dev) if need_w else None
         gb = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
         step = _chunk_rows(n, v, chunk_size)
         buf = torch.empty(min(step, n), v, dtype=torch.float32, device=dev)
@@ -248,16 +262,24 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
                          bias: Optional[torch.Tensor] = None, ignore_index: int = -100,
                          reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
                          softcap: Optional[float] = None, impl: str = "auto",
-                         chunk_size: Optional[int] = None, return_token_losses: bool = False):
+                         chunk_size: Optional[int] = None, return_token_losses: bool = False,
+                         grad_accum: str = "fp32"):
     """Cross-entropy of softmax(hidden @ weight.T + bias) against labels.
 
     hidden [N, D], weight [V, D], labels [N] (ignore_index skipped). reduction mean (over
     non-ignored tokens) | sum | none (per-token [N], 0 at ignored). With
     return_token_losses=True returns (loss, per_token_losses_detached).
     impl: auto (Triton on CUDA, else chunked) | triton | chunked | naive (full logits).
+    grad_accum: dtype grad_W is summed in over row chunks. "fp32" (default): one V x D fp32
+    buffer, cast to the weight's dtype at the end. "input": the weight's own dtype, summed by
+    in-place GEMMs that accumulate in fp32 and round once per chunk (N / chunk roundings,
+    as Liger does; cut-cross-entropy rounds once per 128-row block): saves V x D x 4 bytes,
+    which is most of this loss's extra memory at large V.
     """
     if impl not in LOSS_IMPLS:
         raise ValueError(f"impl must be one of {LOSS_IMPLS}, got {impl!r}")
+    if grad_accum not in GRAD_ACCUM:
+        raise ValueError(f"grad_accum must be one of {GRAD_ACCUM}, got {grad_accum!r}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
@@ -295,5 +317,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     use_triton = impl == "triton" or (impl == "auto" and hidden.is_cuda and _triton_available())
     loss, tokens = _ChunkedLinearCE.apply(hidden, weight, bias, labels, ignore_index, reduction,
                                           float(label_smoothing), float(z_loss), softcap, chunk_size, use_triton,
-                                          torch.is_grad_enabled())
+                                          torch.is_grad_enabled(),
+                                          weight.dtype if grad_accum == "input" else torch.float32)
     return (loss, tokens) if return_token_losses else loss

@@ -45,6 +45,9 @@ class LossConfig:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     softcap: Optional[float] = None
+    # dtype the head's gradient is summed in over row chunks: fp32 (one V x D fp32 buffer)
+    # or input (the weight's dtype: V x D x 4 bytes less, one rounding per chunk).
+    grad_accum: Literal["fp32", "input"] = "fp32"
 
     def validate(self) -> None:
         if not 0 <= self.label_smoothing < 1:

@@ -28,7 +28,9 @@ def test_cpu_run_prints_ratios_and_ours_uses_less_memory(monkeypatch, capsys):
     assert rc == 0, err
     rows = {cells[1]: cells for cells in (
         [c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| 32 |"))}
-    assert set(rows) == {"naive", "ours (chunked, chunk default)", "ours (chunked, chunk 64)"}
+    floor = [name for name in rows if name.startswith("floor")]
+    assert len(floor) == 1 and float(rows[floor[0]][2]) > 0
+    assert set(rows) - set(floor) == {"naive", "ours (chunked, chunk default)", "ours (chunked, chunk 64)"}
     assert rows["naive"][3] == "1.00x" and rows["naive"][5] == "1.000x"
     assert float(rows["ours (chunked, chunk 64)"][5].rstrip("x")) < 0.5
 
@@ -38,3 +40,14 @@ def test_cpu_run_prints_ratios_and_ours_uses_less_memory(monkeypatch, capsys):
 def test_bad_compare_is_refused_by_name(monkeypatch, capsys, args, msg):
     rc, out, err = run(monkeypatch, capsys, *args)
     assert rc == 2 and msg in err
+
+
+def test_bf16_grad_accum_input_row_holds_less_than_fp32(monkeypatch, capsys):
+    rc, out, err = run(monkeypatch, capsys, "--n", "64", "--d", "64", "--v", "4000", "--dtype", "bf16",
+                       "--chunk-size", "16", "--grad-accum", "fp32", "input", "--repeats", "1")
+    assert rc == 0, err
+    mem = {cells[1]: float(cells[4]) for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| 64 |"))
+        if cells[4]}
+    # fp32 mode holds a V x D fp32 sum (0.98 MiB here) that input mode does not.
+    assert mem["ours (chunked, chunk 16)"] - mem["ours (chunked, chunk 16, grad_accum input)"] > 0.8

@@ -353,3 +353,67 @@ def test_flops_are_what_the_design_says(case, ndv):
         if loss.requires_grad:
             loss.sum().backward()
     assert count.flops == ndv * n * D * v
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_grad_accum_in_input_dtype_stays_within_the_dtype_tolerance(impl, reduction, dtype, small_triton_block):
+    """grad_accum="input" sums grad_W over chunks in the weight's 16-bit dtype (one rounding
+    per chunk, 3 chunks here): loss and gradients still within that dtype's tolerance of
+    float64, and the weight's gradient comes out in its own dtype."""
+    h, w, b, labels = make_inputs(37, 250, dtype, False)
+    weights = torch.rand(37, generator=torch.Generator().manual_seed(1))
+    ref_loss, ref = grads(reference_linear_cross_entropy, h.double(), w.double(), None, labels, reduction, "cpu",
+                          weights.double(), **OPTIONS["all"])
+    loss, got = grads(lambda *a, **k: linear_cross_entropy(*a, impl=impl, chunk_size=CHUNK, grad_accum="input", **k),
+                      h, w, None, labels, reduction, DEVICE, weights, **OPTIONS["all"])
+    rtol, gtol = TOL[dtype]
+    assert torch.allclose(loss, ref_loss, rtol=rtol, atol=rtol)
+    for name, g, r in zip("hw", got, ref):
+        err = (g - r).abs().max().item()
+        assert err <= gtol * r.abs().max().item(), f"grad {name}: max error {err:.3g}"
+
+
+@pytest.mark.parametrize("grad_accum", ["fp32", "input"])
+def test_16bit_grad_w_has_no_v_by_d_temporary(grad_accum, monkeypatch):
+    """bf16 weights: the only V x D tensors made are grad_W's accumulator (fp32, or bf16 with
+    grad_accum="input") and, for fp32, the bf16 gradient handed back; the per-chunk grad_W
+    products are made one vocabulary slice at a time. "input" holds V x D x 4 bytes less."""
+    import kernels.linear_ce as lce
+    monkeypatch.setattr(lce, "VOCAB_SLICE", 128)
+    n, v, chunk = 256, 1000, 32
+    h, w, b, labels = make_inputs(n, v, torch.bfloat16, False)
+    made = []
+    hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+
+    class Shapes(TensorMemoryTracker):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            from torch.utils._pytree import tree_flatten
+            inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0]
+                      if isinstance(a, torch.Tensor)}
+            for t in (out if isinstance(out, (tuple, list)) else [out]):  # new storage only, not views
+                if isinstance(t, torch.Tensor) and t.numel() >= v * D and \
+                        t.untyped_storage().data_ptr() not in inputs:
+                    made.append((str(func), t.dtype, tuple(t.shape)))
+            return out
+
+    with Shapes() as mem:
+        linear_cross_entropy(hh, ww, labels, impl="chunked", chunk_size=chunk, grad_accum=grad_accum).backward()
+    big = [m for m in made if m[2] == (v, D)]
+    want = {torch.float32, torch.bfloat16} if grad_accum == "fp32" else {torch.bfloat16}
+    assert {m[1] for m in big} == want and len(big) == len(want), made
+    vd = v * D
+    accum = 4 * vd if grad_accum == "fp32" else 2 * vd
+    # accumulator + returned bf16 grad (fp32 mode) + chunk buffers (fp32 logits, its bf16
+    # matmul output, bf16 copy of g) + grad_h + one V-slice product.
+    bound = accum + (2 * vd if grad_accum == "fp32" else 0) + chunk * v * (4 + 2 + 2) + 2 * n * D * 4 + 128 * D * 4
+    assert mem.peak_bytes <= bound, (mem.peak_bytes, bound)
+    assert ww.grad.dtype == torch.bfloat16
+
+
+def test_bad_grad_accum_is_refused():
+    h, w, b, labels = make_inputs(4, 50, torch.float32, False)
+    with pytest.raises(ValueError, match="grad_accum"):
+        linear_cross_entropy(h, w, labels, grad_accum="fp16")
