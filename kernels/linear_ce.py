@@ -140,6 +140,31 @@ def _grad_h_rows(out: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> No
         out.copy_(g.to(weight.dtype) @ weight)
 
 
+def _chunked_pass(hidden, weight, bias, labels, valid, grad_scale, opts, use_triton, chunk_size,
+                  losses=None, grad_h=None, grad_w=None, grad_b=None) -> None:
+    """One sweep over row chunks: logits, row losses into `losses`, and d loss / d logits
+    (times grad_scale per row) folded into whichever of grad_h / grad_w / grad_b is given.
+    The forward runs it with the reduction's scale, the recomputing backward with grad_out."""
+    n, v = hidden.shape[0], weight.shape[0]
+    want_grad = grad_h is not None or grad_w is not None or grad_b is not None
+    step = _chunk_rows(n, v, chunk_size)
+    buf = torch.empty(min(step, n), v, dtype=torch.float32, device=hidden.device)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        h = hidden[s:e]
+        logits = _chunk_logits(h, weight, bias, buf)
+        loss, _, g = _rows(use_triton, logits, labels[s:e], valid[s:e], grad_scale=grad_scale[s:e],
+                           want_grad=want_grad, **opts)
+        if losses is not None:
+            losses[s:e] = loss
+        if grad_h is not None:
+            _grad_h_rows(grad_h[s:e], g, weight)
+        if grad_w is not None:
+            _accumulate_grad_w(grad_w, g, h)
+        if grad_b is not None:
+            grad_b += g.sum(0)
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ignore_index, reduction, label_smoothing, z_loss,
@@ -162,22 +187,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_w = torch.zeros(v, d, dtype=accum_dtype, device=dev) if precompute and need_w else None
         grad_b = torch.zeros(v, dtype=torch.float32, device=dev) if precompute and need_b else None
         scale = (1.0 / n_valid.clamp(min=1).float()) if reduction == "mean" else torch.ones((), device=dev)
-        step = _chunk_rows(n, v, chunk_size)
-        buf = torch.empty(min(step, n), v, dtype=torch.float32, device=dev)
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            h = hidden[s:e]
-            logits = _chunk_logits(h, weight, bias, buf)
-            lab, val = labels[s:e], valid_all[s:e]
-            loss, _, g = _rows(use_triton, logits, lab, val, label_smoothing=label_smoothing, z_loss=z_loss,
-                               softcap=softcap, grad_scale=scale.expand(e - s), want_grad=precompute)
-            losses[s:e] = loss
-            if grad_h is not None:
-                _grad_h_rows(grad_h[s:e], g, weight)
-            if grad_w is not None:
-                _accumulate_grad_w(grad_w, g, h)
-            if grad_b is not None:
-                grad_b += g.sum(0)
+        opts = dict(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+        _chunked_pass(hidden, weight, bias, labels, valid_all, scale.expand(n), opts, use_triton, chunk_size,
+                      losses=losses, grad_h=grad_h, grad_w=grad_w, grad_b=grad_b)
         ctx.reduction, ctx.needs = reduction, (need_h, need_w, need_b)
         ctx.opts = (label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton, accum_dtype)
         if precompute:
@@ -217,21 +229,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
         gh = torch.empty_like(hidden) if need_h else None
         gw = torch.zeros(weight.shape, dtype=accum_dtype, device=dev) if need_w else None
         gb = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
-        step = _chunk_rows(n, v, chunk_size)
-        buf = torch.empty(min(step, n), v, dtype=torch.float32, device=dev)
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            h = hidden[s:e]
-            logits = _chunk_logits(h, weight, bias, buf)
-            lab = labels[s:e]
-            _, _, g = _rows(use_triton, logits, lab, lab != ignore_index, label_smoothing=label_smoothing,
-                            z_loss=z_loss, softcap=softcap, grad_scale=grad_out[s:e].float(), want_grad=True)
-            if gh is not None:
-                _grad_h_rows(gh[s:e], g, weight)
-            if gw is not None:
-                _accumulate_grad_w(gw, g, h)
-            if gb is not None:
-                gb += g.sum(0)
+        opts = dict(label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+        _chunked_pass(hidden, weight, bias, labels, labels != ignore_index, grad_out.float(), opts, use_triton,
+                      chunk_size, grad_h=gh, grad_w=gw, grad_b=gb)
         return (gh, gw.to(weight.dtype) if gw is not None else None,
                 gb.to(weight.dtype) if gb is not None else None) + nones
 
