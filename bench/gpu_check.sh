@@ -3,7 +3,7 @@
 # tests with CUDA tensors (the compiled Triton kernel against the float64 reference, which
 # CI can only run interpreted), then time and peak memory at the issue's shapes beside the
 # naive loss, Liger-Kernel and cut-cross-entropy, and the 6*N*D*V floor at this GPU's own
-# matmul rate.
+# matmul rate; last, one-GPU training steps of Llama-1B/8B shapes (tokens/s, MFU, memory).
 #
 #   bash bench/gpu_check.sh --fetch      # here, once: Liger and CCE wheels into .whl/
 #   bash bench/gpu_check.sh              # on the GPU machine (carry .whl); results in $OUT
@@ -45,5 +45,8 @@ set -e
 echo "[gpu_check] bench (issue 5 shapes)"
 python3 bench/bench_linear_ce.py --device cuda --n 8192 --d 4096 8192 --v 128256 --dtype bf16 \
   --chunk-size 0 2048 --grad-accum fp32 input --compare liger,cce --repeats 10 2>&1 | tee "$OUT/bench_linear_ce.md"
+echo "[gpu_check] training step: tokens/s, MFU, peak memory (fused vs naive loss)"
+python3 bench/bench_step.py --device cuda --size 1b --batch 4 --seq 4096 2>&1 | tee "$OUT/bench_step_1b.md"
+python3 bench/bench_step.py --device cuda --size 8b --batch 4 --seq 4096 --checkpointing 2>&1 | tee "$OUT/bench_step_8b.md"
 echo "[gpu_check] kernel tests exit $tests_rc"
 exit "$tests_rc"
