@@ -3,11 +3,11 @@ gradients against the naive full-logits path, per-source sums, checkpoint select
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import torch
 
 from delia_dist.checkpoint import CheckpointManager
+from delia_dist.config.train import LossConfig
 from delia_dist.loss import CausalLMWithLoss, per_source
 from delia_dist.schedule import LRSchedule
 
@@ -37,7 +37,7 @@ def test_chunked_loss_gradients_match_naive(tiny_model_config):
     pos = torch.arange(16).repeat(2, 1)
     results = {}
     for impl in ("naive", "chunked"):
-        cfg = SimpleNamespace(label_smoothing=0.0, z_loss=0.0, softcap=None, impl=impl, chunk_size=7)
+        cfg = LossConfig(impl=impl, chunk_size=7)
         wrapper = CausalLMWithLoss(model, cfg, zero3=False)
         model.zero_grad()
         total, tokens = wrapper(ids, pos, labels)
