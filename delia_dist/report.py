@@ -89,14 +89,48 @@ def _with_derived(results: list[dict]) -> list[dict]:
     return out
 
 
-def comparison_table(results: list[dict], histories: dict | None = None) -> str:
-    """Aligned plain-text table; a missing value is '-' so columns always split cleanly."""
+def _drop_rank(key: str, label: str, first_align: str | None) -> int:
+    """Which columns leave a too-wide terminal table first (higher goes first): the
+    headline metrics stay, the detail is in report.md."""
+    if key in ("run", "steps", "diverse_share", "train_loss_last", "wall_s") or key in EVAL_LABELS:
+        return 0
+    if key == first_align:
+        return 1
+    if key.startswith("eval/best/"):
+        return 2
+    if key.startswith("tokens"):
+        return 3
+    if _ALIGN.match(key):
+        return 4
+    return 5  # other eval metrics (per-task extras)
+
+
+def comparison_table(results: list[dict], histories: dict | None = None, max_width: int | None = None) -> str:
+    """Aligned plain-text table; a missing value is '-' so columns always split cleanly.
+
+    max_width: drop detail columns (extra eval metrics, then alignment beyond the first
+    pair, token counts, best-so-far) until the table fits, and say which were left out."""
     results = _with_derived(_norm(results))
     cols = _columns(results, histories or {})
-    rows = [[label for _, label in cols]] + [[_fmt(r[k]) if k in r else "-" for k, _ in cols] for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+
+    def render(cols):
+        rows = [[label for _, label in cols]] + [[_fmt(r[k]) if k in r else "-" for k, _ in cols] for r in results]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                 for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return lines
+
+    lines, dropped = render(cols), []
+    if max_width:
+        first_align = next((k for k, _ in cols if _ALIGN.match(k)), None)
+        order = sorted(((k, label) for k, label in cols if _drop_rank(k, label, first_align) > 0),
+                       key=lambda c: -_drop_rank(c[0], c[1], first_align))
+        while order and max(map(len, lines)) > max_width:
+            dropped.append(order.pop(0))
+            lines = render([c for c in cols if c not in dropped])
+    if dropped:
+        lines.append(f"({len(dropped)} more columns in report.md: {', '.join(label for _, label in dropped)})")
     return "\n".join(lines)
 
 
@@ -369,7 +403,8 @@ def build_report(experiment: str, tracking_uri: str, out_dir: str | Path, run_id
     with summary_run, also logs them as artifacts of a run tagged delia.kind=report."""
     rows, histories = runs_from_mlflow(experiment, tracking_uri, run_ids)
     path = write_report(rows, out_dir, histories)
-    print(comparison_table(rows, histories))
+    import shutil
+    print(comparison_table(rows, histories, max_width=max(120, shutil.get_terminal_size((160, 24)).columns)))
     not_done = [f"{r['run']} ({r['status']})" for r in rows if "status" in r]
     if not_done:
         print(f"note: not finished: {', '.join(not_done)}")

@@ -17,6 +17,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    import shutil
     from pathlib import Path
 
     from ..config import load_config
@@ -31,7 +32,7 @@ def run(args) -> int:
     failed = [r for r in results if r["status"] != "ok"]
     print()
     if done:
-        print(comparison_table(done))
+        print(comparison_table(done, max_width=max(120, shutil.get_terminal_size((160, 24)).columns)))
         out = write_report(done, Path(cfg.run_dir) / "report")
         out = f"{out}  (plots: {Path(out).parent}/*.png)"
     else:

@@ -112,3 +112,26 @@ def test_report_from_run_directories(tmp_path):
     write_report(rows, tmp_path / "report")
     assert (tmp_path / "report/loss_per_source.png").stat().st_size > 10_000
     assert (tmp_path / "report/token_alignment.png").is_file()
+
+
+def test_terminal_table_drops_detail_columns_to_fit_and_names_them():
+    """A matrix with many metrics still prints a table that fits the terminal: the headline
+    columns (run, steps, share, train loss, BLEU/chrF/format metrics, first alignment, time)
+    stay, the detail ones go, and the last line names every column left out."""
+    rows = [{"run": f"run-{i}", "steps": 10, "diverse_share": 0.5 * i, "train_loss_last": 1.0,
+             "eval/translation/bleu": 3.0, "eval/format/f1": 0.5, "eval/format/precision": 0.5,
+             "eval/format/recall": 0.5, "eval/format/answer_loss": 0.2, "tokens/downstream": 1e5,
+             "tokens/diverse": 1e5 * i, **{f"align/<sep>/{kw}/l{l}": 0.1 for kw in ("json", "thought") for l in (0, 2)},
+             "wall_s": 10.0} for i in range(3)]
+    wide = comparison_table(rows)
+    narrow = comparison_table(rows, max_width=120)
+    assert max(map(len, wide.splitlines())) > 120
+    body, note = narrow.splitlines()[:-1], narrow.splitlines()[-1]
+    assert max(map(len, body)) <= 120
+    header = body[0].split()
+    for kept in ("run", "steps", "diverse_share", "train_loss", "BLEU", "fmt_F1", "d(<sep>,json)_l0", "time_s"):
+        assert kept in header, header
+    dropped = note.removeprefix("(").split(": ", 1)[1].rstrip(")").split(", ")
+    assert set(dropped) | set(header) == set(wide.splitlines()[0].split())
+    assert not set(dropped) & set(header)
+    assert comparison_table(rows, max_width=10_000) == wide
