@@ -20,22 +20,38 @@ def _command_modules():
             yield importlib.import_module(f"{commands.__name__}.{info.name}")
 
 
+EPILOG = """typical flow (`delia COMMAND --help` for each):
+  delia data synth runs/tiny                      # toy data, no downloads (or: data sample / diversify / shard)
+  delia config show configs/tiny_cpu.yaml         # the validated config, with --set overrides applied
+  delia plan configs/llama3_70b.yaml --nodes 8 --gpus-per-node 8   # memory per GPU, tokens/s
+  delia train configs/tiny_cpu.yaml --nproc 2     # or: sbatch slurm/delia_70b.sh
+  delia ckpt export RUN_DIR/checkpoints OUT       # an HF model dir (LoRA merged)
+  delia eval OUT --config CONFIG                  # its metrics, logged to MLflow
+  delia experiment configs/tiny_cpu.yaml          # the whole baseline-vs-DELIA matrix + report
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="delia",
         description="DELIA instruction tuning at scale: generate and shard data, mix it by "
                     "token budget, train under DeepSpeed ZeRO-3, track in MLflow, evaluate.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND")}
     parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
-    for module in _command_modules():
+    modules = list(_command_modules())
+    members: dict[tuple[str, ...], list[str]] = {}
+    for module in modules:
+        words = tuple(module.NAME.split())
+        members.setdefault(words[:-1], []).append(words[-1])
+    for module in modules:
         words = tuple(module.NAME.split())
         for depth in range(1, len(words)):
             prefix = words[:depth]
             if prefix not in parsers:
                 group_parser = groups[prefix[:-1]].add_parser(
-                    prefix[-1], help=f"{' '.join(prefix)} commands")
+                    prefix[-1], help=" | ".join(members.get(prefix, [])) or f"{' '.join(prefix)} commands")
                 parsers[prefix] = group_parser
                 groups[prefix] = group_parser.add_subparsers(dest=f"cmd_{depth}", metavar="COMMAND")
                 group_parser.set_defaults(_group=group_parser)
