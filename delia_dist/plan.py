@@ -15,7 +15,8 @@ Memory per GPU (GB = 1e9 bytes), for Llama-shaped decoders:
   residual and SwiGLU (7H + 3*kv + 4I values); with activation checkpointing only each
   layer's input is kept, plus one layer's full set during its recompute.
 - logits: unfused, b*s*V in bf16 plus fp32 copies for softmax and its gradient (10 B per
-  value); fused (chunked linear+CE), a chunk x V fp32 buffer and gradient plus the fp32
+  value); fused (chunked linear+CE), a chunk x V buffer (compute dtype) that the gradient
+  replaces in place, room for one more, plus the fp32
   V x H weight-gradient accumulator (none with loss.grad_accum: input).
 - a fixed allowance for the CUDA context, NCCL buffers and allocator fragmentation.
 Throughput: tokens/s = MFU * peak FLOP/s * GPUs / (6 * N_matmul + 12 * L * H * s), with
@@ -260,9 +261,10 @@ def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: fl
     mem[f"activations ({'checkpointed' if m.gradient_checkpointing else 'all layers kept'})"] = acts
     fused = cfg.loss.impl != "naive"
     if fused:
-        chunk = cfg.loss.chunk_size or max(1, min(4096, (256 << 20) // (4 * arch.vocab), tokens))
+        # As kernels.linear_ce picks it: ~256 MiB of logits in the compute dtype.
+        chunk = cfg.loss.chunk_size or max(1, min(4096, (256 << 20) // (w_bytes * arch.vocab), tokens))
         accum = 4 if cfg.loss.grad_accum == "fp32" else 0  # "input": summed into the bf16 grad itself
-        logits = 2 * chunk * arch.vocab * 4 + arch.vocab * arch.hidden * accum + tokens * arch.hidden * 2
+        logits = 2 * chunk * arch.vocab * w_bytes + arch.vocab * arch.hidden * accum + tokens * arch.hidden * 2
     else:
         logits = tokens * arch.vocab * 10
     mem[f"logits + loss ({'fused, chunk x V' if fused else 'unfused, full b*s*V'})"] = logits
@@ -305,7 +307,7 @@ def _formulas(arch: Architecture, cfg, mixed: bool, world: int, fused: bool, chu
     if fused:
         vh = ("V*H*4 (fp32 head-gradient sum; loss.grad_accum: input drops it)" if cfg.loss.grad_accum == "fp32"
               else "0*V*H (loss.grad_accum: input sums into the bf16 gradient)")
-        logits = (f"fused: 2*chunk*V*4 + {vh} + b*s*H*2 B, chunk {chunk}, V {v} "
+        logits = (f"fused: 2*chunk*V*{2 if mixed else 4} (logits/gradient buffer + GEMM workspace) + {vh} + b*s*H*2 B, chunk {chunk}, V {v} "
                   f"(unfused would be b*s*V*10 = {b * s * v * 10 / GB:.1f} GB)")
     else:
         logits = f"unfused: b*s*V*10 B (bf16 logits + fp32 softmax + fp32 grad), V {v}"

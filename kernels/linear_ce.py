@@ -8,6 +8,12 @@ for this loss: nothing is recomputed in backward, which only multiplies the stor
 gradients by grad_output. Extra memory is one C x V logits/gradient buffer plus grad_W's
 sum (V x D fp32, or none with grad_accum="input") and grad_h (N x D): O(C*V), never O(N*V).
 
+Memory traffic besides the GEMMs. The buffer holds the logits in the inputs' dtype (the
+GEMM rounds to it anyway) and the gradient replaces them in place in that dtype, which is
+what the next two GEMMs read: per logit, one 16-bit write by the GEMM, two reads and one
+write by the row kernel (fp32 arithmetic in registers), 8 bytes in bf16, as in Liger. An
+fp32 buffer would cost 32 (convert in, read twice, write, convert out twice).
+
 Only requested gradients are made: without grad (eval) 2*N*D*V; a frozen head (LoRA:
 weight.requires_grad False) skips grad_W, 4*N*D*V and no V x D buffer.
 
@@ -38,25 +44,26 @@ def _triton_available() -> bool:
         return False
 
 
-def _chunk_rows(n: int, v: int, chunk_size: Optional[int]) -> int:
+def _chunk_rows(n: int, v: int, chunk_size: Optional[int], itemsize: int = 4) -> int:
     if chunk_size:
         return max(1, chunk_size)
-    # Aim for ~256 MiB of fp32 logits per chunk, at least 1 row.
-    return max(1, min(DEFAULT_CHUNK, (256 << 20) // (4 * max(v, 1)), n))
+    # Aim for ~256 MiB of logits per chunk (in the inputs' dtype), at least 1 row.
+    return max(1, min(DEFAULT_CHUNK, (256 << 20) // (itemsize * max(v, 1)), n))
 
 
 def _row_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *,
                        label_smoothing: float, z_loss: float, softcap: Optional[float],
                        grad_scale: Optional[torch.Tensor], want_grad: bool):
-    """Loss per row and (if want_grad) d loss / d logits, in place into `logits` (fp32,
-    overwritten either way).
+    """Loss per row and (if want_grad) d loss / d logits, in place into `logits` (in its
+    dtype; overwritten either way). The arithmetic is fp32 whatever that dtype is.
 
     grad_scale: per-row multiplier for the gradient (1/n_valid for mean, 1 for sum).
     Loss and lse are 0 on ignored rows, as in the Triton kernel.
     """
-    # Everything C x V below works in place on `logits` (plus one tanh buffer with softcap):
-    # the torch path holds one C x V buffer, as the Triton kernel does.
-    z = logits
+    # Everything C x V below works in place on one fp32 buffer (plus one tanh buffer with
+    # softcap): `logits` itself when fp32, else an fp32 copy written back at the end.
+    out = logits
+    z = logits if logits.dtype == torch.float32 else logits.float()
     if softcap is not None:
         t = z.div(softcap).tanh_()
         z = torch.mul(t, softcap, out=z)
@@ -85,20 +92,22 @@ def _row_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor, valid: torch.
     if softcap is not None:
         p.mul_(t.mul_(t).neg_().add_(1.0))
     p.mul_((grad_scale * valid)[:, None])
-    return loss, torch.where(valid, lse, zero), p
+    if p is not out:
+        out.copy_(p)
+    return loss, torch.where(valid, lse, zero), out
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   buf: torch.Tensor) -> torch.Tensor:
-    """fp32 logits of the rows h, written into the one reused chunk buffer: a fresh tensor
-    per chunk would hold two chunks at once while the next is made."""
+    """Logits of the rows h in the inputs' dtype, as the model's own head would make them,
+    written straight into the one reused chunk buffer (a fresh tensor per chunk would hold
+    two chunks at once). 16-bit logits lose nothing an fp32 buffer would keep: the GEMM
+    rounds its output to the input dtype either way, and the row pass upcasts to fp32."""
     out = buf[: h.shape[0]]
-    if h.dtype == torch.float32 and weight.dtype == torch.float32:
+    if bias is None:
         torch.mm(h, weight.T, out=out)
     else:
-        out.copy_(h @ weight.T)  # 16-bit matmul as the model would do it, then fp32
-    if bias is not None:
-        out += bias.float()
+        torch.addmm(bias, h, weight.T, out=out)
     return out
 
 
@@ -108,7 +117,7 @@ VOCAB_SLICE = 16384
 
 
 def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
-    """grad_w += g^T @ h, g the chunk's fp32 d loss / d logits.
+    """grad_w += g^T @ h, g the chunk's d loss / d logits (in h's dtype).
 
     Same dtype as h (fp32, or 16-bit with grad_accum="input"): addmm_ in place, the GEMM
     accumulates in fp32 and rounds once per chunk. 16-bit h into an fp32 grad_w: the
@@ -116,12 +125,12 @@ def _accumulate_grad_w(grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -
     the temporary is VOCAB_SLICE x D, never V x D.
     """
     if grad_w.dtype == h.dtype:
-        grad_w.addmm_(g.T.to(h.dtype), h)
+        grad_w.addmm_(g.T, h)
         return
     gt = g.T
     for s in range(0, gt.shape[0], VOCAB_SLICE):
         e = min(gt.shape[0], s + VOCAB_SLICE)
-        grad_w[s:e] += gt[s:e].to(h.dtype) @ h
+        grad_w[s:e] += gt[s:e] @ h
 
 
 def _rows(use_triton: bool, logits, labels, valid, **kw):
@@ -133,11 +142,8 @@ def _rows(use_triton: bool, logits, labels, valid, **kw):
 
 
 def _grad_h_rows(out: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> None:
-    """out (rows of grad_h) = g @ W: straight into `out` for fp32, else in W's dtype."""
-    if weight.dtype == torch.float32 and out.dtype == torch.float32:
-        torch.mm(g, weight, out=out)
-    else:
-        out.copy_(g.to(weight.dtype) @ weight)
+    """out (rows of grad_h) = g @ W, straight into `out` (g, W and out share a dtype)."""
+    torch.mm(g, weight, out=out)
 
 
 def _chunked_pass(hidden, weight, bias, labels, valid, grad_scale, opts, use_triton, chunk_size,
@@ -147,8 +153,8 @@ def _chunked_pass(hidden, weight, bias, labels, valid, grad_scale, opts, use_tri
     The forward runs it with the reduction's scale, the recomputing backward with grad_out."""
     n, v = hidden.shape[0], weight.shape[0]
     want_grad = grad_h is not None or grad_w is not None or grad_b is not None
-    step = _chunk_rows(n, v, chunk_size)
-    buf = torch.empty(min(step, n), v, dtype=torch.float32, device=hidden.device)
+    step = _chunk_rows(n, v, chunk_size, hidden.element_size())
+    buf = torch.empty(min(step, n), v, dtype=hidden.dtype, device=hidden.device)
     for s in range(0, n, step):
         e = min(n, s + step)
         h = hidden[s:e]
@@ -162,7 +168,7 @@ def _chunked_pass(hidden, weight, bias, labels, valid, grad_scale, opts, use_tri
         if grad_w is not None:
             _accumulate_grad_w(grad_w, g, h)
         if grad_b is not None:
-            grad_b += g.sum(0)
+            grad_b += g.sum(0, dtype=torch.float32)
 
 
 class _ChunkedLinearCE(torch.autograd.Function):

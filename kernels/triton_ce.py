@@ -1,6 +1,6 @@
 """Triton row kernel for linear + cross-entropy: loss, log-sum-exp and d loss / d logits.
 
-One program per row of a C x V fp32 logits chunk. Pass 1 streams the row in blocks and
+One program per row of a C x V logits chunk (fp32, bf16 or fp16; arithmetic in fp32). Pass 1 streams the row in blocks and
 keeps a running max and a rescaled sum of exponentials (online log-sum-exp), so a row of
 any V is read once without holding it. Pass 2 reads the row again and overwrites it with
 the gradient, so the chunk's logits buffer doubles as its gradient buffer: no second
@@ -52,7 +52,7 @@ def _ce_rows_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, stride_scale,
     z_sum = 0.0
     for start in range(0, v_end, BLOCK):
         mask = start + cols < V
-        x = tl.load(row_ptr + start + cols, mask=mask, other=0.0)
+        x = tl.load(row_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
         z, _t = _capped(x, softcap, HAS_SOFTCAP)
         z = tl.where(mask, z, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
@@ -61,7 +61,7 @@ def _ce_rows_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, stride_scale,
         z_sum += tl.sum(tl.where(mask, z, 0.0), axis=0)
 
     safe_label = tl.where(valid, label, 0)
-    z_y, _t_y = _capped(tl.load(row_ptr + safe_label), softcap, HAS_SOFTCAP)
+    z_y, _t_y = _capped(tl.load(row_ptr + safe_label).to(tl.float32), softcap, HAS_SOFTCAP)
     lse = tl.where(valid, m + tl.log(tl.where(valid, s, 1.0)), 0.0)
     loss = (1.0 - label_smoothing) * (lse - z_y) + label_smoothing * (lse - z_sum / V) + z_loss * lse * lse
     tl.store(loss_ptr + row, tl.where(valid, loss, 0.0))
@@ -75,7 +75,7 @@ def _ce_rows_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, stride_scale,
             mask = offs < V
             # Names distinct from pass 1's so no value is mistaken for a loop-carried one.
             if valid:
-                xg = tl.load(row_ptr + offs, mask=mask, other=0.0)
+                xg = tl.load(row_ptr + offs, mask=mask, other=0.0).to(tl.float32)
                 zg, tg = _capped(xg, softcap, HAS_SOFTCAP)
                 g = tl.exp(zg - lse) * p_scale - label_smoothing / V
                 g = tl.where(offs == label, g - (1.0 - label_smoothing), g)
@@ -84,13 +84,14 @@ def _ce_rows_kernel(logits_ptr, stride_row, labels_ptr, scale_ptr, stride_scale,
                 g = g * scale
             else:
                 g = tl.zeros([BLOCK], dtype=tl.float32)
-            tl.store(row_ptr + offs, g, mask=mask)
+            tl.store(row_ptr + offs, g.to(logits_ptr.dtype.element_ty), mask=mask)
 
 
 # triton.jit picks compiled or interpreted when a function is defined: this kernel at this
 # import, triton.language's own helpers (tl.max, tl.sigmoid) when triton was first imported.
 # If TRITON_INTERPRET changed in between the two disagree and the kernel cannot run.
 INTERPRETED = isinstance(_ce_rows_kernel, InterpretedFunction)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MODE_MISMATCH = INTERPRETED != isinstance(tl.max, InterpretedFunction)
 
 
@@ -100,13 +101,14 @@ def row_loss_and_grad_triton(logits: torch.Tensor, labels: torch.Tensor, valid: 
                              block_size: Optional[int] = None):
     """Same contract as linear_ce._row_loss_and_grad, as one Triton program per row.
 
-    logits: [C, V] fp32 with unit column stride; overwritten by d loss / d logits when
-    want_grad (times grad_scale[row], zero on ignored rows). Returns (loss[C], lse[C],
-    logits-or-None); loss and lse are 0 on ignored rows. block_size (a power of two)
-    overrides the vocabulary block, for tests of the multi-block loop.
+    logits: [C, V] fp32, bf16 or fp16 with unit column stride, read and computed in fp32;
+    overwritten (in its own dtype) by d loss / d logits when want_grad (times
+    grad_scale[row], zero on ignored rows). Returns (loss[C], lse[C], logits-or-None), fp32;
+    loss and lse are 0 on ignored rows. block_size (a power of two) overrides the
+    vocabulary block, for tests of the multi-block loop.
     """
-    if logits.dim() != 2 or logits.dtype != torch.float32 or logits.stride(1) != 1:
-        raise ValueError(f"logits must be a 2-D fp32 tensor with unit column stride, got "
+    if logits.dim() != 2 or logits.dtype not in FLOAT_DTYPES or logits.stride(1) != 1:
+        raise ValueError(f"logits must be a 2-D fp32/bf16/fp16 tensor with unit column stride, got "
                          f"{logits.dtype} {tuple(logits.shape)} strides {logits.stride()}")
     if _MODE_MISMATCH:
         raise RuntimeError("TRITON_INTERPRET was changed after triton was first imported (something imported "

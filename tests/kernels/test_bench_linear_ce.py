@@ -49,5 +49,6 @@ def test_bf16_grad_accum_input_row_holds_less_than_fp32(monkeypatch, capsys):
     mem = {cells[1]: float(cells[4]) for cells in (
         [c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| 64 |"))
         if cells[4]}
-    # fp32 mode holds a V x D fp32 sum (0.98 MiB here) that input mode does not.
-    assert mem["ours (chunked, chunk 16)"] - mem["ours (chunked, chunk 16, grad_accum input)"] > 0.8
+    # fp32 mode sums into a V x D fp32 buffer (0.98 MiB here), input mode into the bf16
+    # gradient itself (0.49 MiB): at least V x D x 2 bytes less at the peak.
+    assert mem["ours (chunked, chunk 16)"] - mem["ours (chunked, chunk 16, grad_accum input)"] > 0.45

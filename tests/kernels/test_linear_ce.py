@@ -191,11 +191,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from kernels.triton_ce import _ce_rows_kernel
-sig = {"logits_ptr": "*fp32", "stride_row": "i64", "labels_ptr": "*i64", "scale_ptr": "*fp32",
-       "stride_scale": "i32", "loss_ptr": "*fp32", "lse_ptr": "*fp32", "V": "i32",
-       "label_smoothing": "fp32", "z_loss": "fp32", "softcap": "fp32",
-       "HAS_SOFTCAP": "constexpr", "WANT_GRAD": "constexpr", "BLOCK": "constexpr"}
-for softcap, want_grad in [(True, True), (False, False)]:
+for logits, softcap, want_grad in [("*fp32", True, True), ("*fp32", False, False), ("*bf16", True, True),
+                                   ("*bf16", False, True), ("*fp16", False, True)]:
+    sig = {"logits_ptr": logits, "stride_row": "i64", "labels_ptr": "*i64", "scale_ptr": "*fp32",
+           "stride_scale": "i32", "loss_ptr": "*fp32", "lse_ptr": "*fp32", "V": "i32",
+           "label_smoothing": "fp32", "z_loss": "fp32", "softcap": "fp32",
+           "HAS_SOFTCAP": "constexpr", "WANT_GRAD": "constexpr", "BLOCK": "constexpr"}
     src = ASTSource(_ce_rows_kernel, sig, constexprs={"HAS_SOFTCAP": softcap, "WANT_GRAD": want_grad, "BLOCK": 16384})
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 16})
     assert k.asm["cubin"], "no cubin"
