@@ -418,3 +418,18 @@ def test_bad_grad_accum_is_refused():
     h, w, b, labels = make_inputs(4, 50, torch.float32, False)
     with pytest.raises(ValueError, match="grad_accum"):
         linear_cross_entropy(h, w, labels, grad_accum="fp16")
+
+
+def test_autocast_around_the_loss_changes_nothing():
+    """Under torch.autocast (a user's mixed-precision loop) the chunk GEMMs still run in the
+    inputs' dtype (they write into the chunk buffer with out=, which autocast leaves
+    alone): same loss and gradients as without it, bit for bit."""
+    h, w, b, labels = make_inputs(37, 250, torch.float32, True)
+    plain = grads(lambda *a, **k: linear_cross_entropy(*a, chunk_size=CHUNK, **k), h, w, b, labels, "mean", "cpu",
+                  torch.ones(37))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = grads(lambda *a, **k: linear_cross_entropy(*a, chunk_size=CHUNK, **k), h, w, b, labels, "mean",
+                     "cpu", torch.ones(37))
+    assert torch.equal(plain[0], auto[0])
+    for g, a in zip(plain[1], auto[1]):
+        assert torch.equal(g, a)
