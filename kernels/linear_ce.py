@@ -107,7 +107,7 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if bias is None:
         torch.mm(h, weight.T, out=out)
     else:
-        torch.addmm(bias, h, weight.T, out=out)
+        torch.addmm(bias.to(h.dtype), h, weight.T, out=out)
     return out
 
 

@@ -433,3 +433,19 @@ def test_autocast_around_the_loss_changes_nothing():
     assert torch.equal(plain[0], auto[0])
     for g, a in zip(plain[1], auto[1]):
         assert torch.equal(g, a)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_fp32_bias_with_16bit_weights(impl, small_triton_block):
+    """A head kept in bf16 with its bias in fp32 (some checkpoints) works: the bias joins
+    the logits GEMM in the weights' dtype, and its gradient comes back in fp32."""
+    h, w, _, labels = make_inputs(37, 101, torch.bfloat16, False)
+    b = torch.randn(101, generator=torch.Generator().manual_seed(3))
+    ref_loss, ref = grads(reference_linear_cross_entropy, h.double(), w.double(), b.double(), labels, "mean", "cpu",
+                          torch.ones(37, dtype=torch.float64))
+    loss, got = grads(lambda *a, **k: linear_cross_entropy(*a, impl=impl, chunk_size=CHUNK, **k), h, w, b, labels,
+                      "mean", DEVICE, torch.ones(37))
+    rtol, gtol = TOL[torch.bfloat16]
+    assert torch.allclose(loss, ref_loss, rtol=rtol, atol=rtol)
+    for g, r in zip(got, ref):
+        assert (g - r).abs().max() <= gtol * r.abs().max()
