@@ -200,6 +200,38 @@ def test_hanging_server_memory_is_bounded_spill_keeps_order(tmp_path, hanging_se
     assert len(history(client, t2.run_id, "loss/downstream")) == 1000
 
 
+def test_restart_replays_spill_into_the_same_run_once(tmp_path, hanging_server, mlflow_server):
+    """A job whose server hung at the end: the requeued job (run id from the checkpoint)
+    sends the spilled values into the same run, each once, before its own."""
+    run_dir = tmp_path / "run"
+    fast = dict(system_metrics=False, flush_interval_s=0.1)
+    first = Tracker(TrackingConfig(uri=mlflow_server.uri, experiment="requeue", **fast), run_dir)
+    first.start({"x": 1}, wait_s=30)
+    first.log_metrics({"loss": 1.0}, 1)
+    assert first.flush(30)
+    first.close()
+
+    hung = Tracker(TrackingConfig(uri=hanging_server, experiment="requeue", close_timeout_s=0.3, **fast), run_dir)
+    hung.load_state_dict(first.state_dict())
+    hung.start({"x": 1})
+    for step in range(2, 6):
+        hung.log_metrics({"loss": float(step)}, step)
+    hung.close()
+    assert len((run_dir / "mlflow-pending.jsonl").read_text().splitlines()) == 4
+
+    requeued = Tracker(TrackingConfig(uri=mlflow_server.uri, experiment="requeue", **fast), run_dir)
+    requeued.load_state_dict(hung.state_dict())
+    requeued.start({"x": 1})
+    requeued.log_metrics({"loss": 6.0}, 6)
+    assert requeued.flush(30)
+    requeued.close()
+    client = mlflow.tracking.MlflowClient(mlflow_server.uri)
+    assert requeued.run_id == first.run_id
+    assert history(client, first.run_id, "loss") == [(s, float(s)) for s in range(1, 7)]
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert not (run_dir / "mlflow-pending.jsonl").exists()
+
+
 def test_rejected_items_are_dropped_once_and_the_rest_arrives(tmp_path, mlflow_server, caplog):
     cfg = TrackingConfig(uri=mlflow_server.uri, experiment="rejects", system_metrics=False,
                          flush_interval_s=0.1, retry_after_s=0.2)
