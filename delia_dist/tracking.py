@@ -77,6 +77,10 @@ def is_permanent(e: Exception) -> bool:
     return 400 <= status < 500 and status not in (408, 429, 499)
 
 
+class _RunRefused(Exception):
+    """A 4xx while creating or reopening the run: without a run nothing can be sent."""
+
+
 def run_gone(e: Exception) -> bool:
     """404 (no such run) or 400 for a deleted run: the whole batch fails, not one item."""
     return e.get_http_status_code() == 404 or "must be in the 'active' state" in str(e)
@@ -336,6 +340,11 @@ class Tracker:
             if stopping or time.monotonic() >= next_try:
                 try:
                     self._deliver()
+                except _RunRefused as e:
+                    log.warning("MLflow at %s refused to create or reopen the run (%s); not retried: values "
+                                "are kept and spilled to %s at close", redact_text(self._uri),
+                                redact_text(str(e.__cause__))[:300], self._spill)
+                    return
                 except Exception as e:  # noqa: BLE001 - transient: keep training, retry later
                     self._note_failure(e)
                     # Backoff: retry_after_s, doubling per failure, at most 8x.
@@ -373,7 +382,12 @@ class Tracker:
 
     def _deliver(self) -> None:
         if self._pending_start is not None:
-            self._open_run()
+            try:
+                self._open_run()
+            except Exception as e:  # noqa: BLE001
+                if is_permanent(e):
+                    raise _RunRefused() from e
+                raise
         while True:
             with self._lock:
                 if self._abandoned:

@@ -254,6 +254,23 @@ def test_rejected_items_are_dropped_once_and_the_rest_arrives(tmp_path, mlflow_s
     assert not any("unreachable" in r.getMessage() for r in caplog.records)
 
 
+def test_refused_run_is_not_retried_and_values_are_kept(tmp_path, mlflow_server, caplog):
+    cfg = TrackingConfig(uri=mlflow_server.uri, experiment="", system_metrics=False, flush_interval_s=0.1,
+                         retry_after_s=0.1, close_timeout_s=5)
+    t = Tracker(cfg, tmp_path, enabled=True)  # an experiment name the server rejects (400)
+    with caplog.at_level(logging.WARNING, logger="delia.tracking"):
+        t.start({"x": 1})
+        t.log_metrics({"loss": 1.0}, 1)
+        deadline = time.monotonic() + 20
+        while t._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not t._thread.is_alive()  # gave up at the first 4xx, no retry loop
+        t.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "delia.tracking"]
+    assert sum("refused to create" in m for m in messages) == 1 and not any("unreachable" in m for m in messages)
+    assert len((tmp_path / "mlflow-pending.jsonl").read_text().splitlines()) == 1
+
+
 def test_deleted_run_drops_without_retrying(tmp_path, mlflow_server):
     cfg = TrackingConfig(uri=mlflow_server.uri, experiment="deleted", system_metrics=False,
                          flush_interval_s=0.1, retry_after_s=0.2)
