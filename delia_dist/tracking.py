@@ -1,29 +1,44 @@
 """MLflow tracking that never stops training.
 
-Rank 0 owns the run; other ranks hold a disabled tracker. Metrics are queued and sent
-in batches; when the server is down or slow, they stay queued (spilled to
-<run_dir>/mlflow-pending.jsonl past a bound) and go out once it answers again, with one
-warning instead of one per step. The run id is part of the checkpoint, so a requeued
-job continues the same run with continuing step numbers.
+Rank 0 owns the run; other ranks hold a disabled tracker (every call a no-op).
+The training thread only appends to an in-memory queue (and, past `max_queue` values,
+to <run_dir>/mlflow-pending.jsonl); one background thread does all MLflow I/O: it
+creates or reopens the run, sends batches, retries transient failures (connection
+errors, timeouts, 429, 5xx) with backoff, and drops what the server rejects for good
+(4xx) with a counted warning instead of retrying it forever. An outage is warned about
+once when it starts and once when it ends. close() waits at most `close_timeout_s`;
+what is still undelivered is kept in the spill file and sent, first and in order, by
+the next Tracker on the same run directory (the run id comes back through
+state_dict/load_state_dict). A value sent twice (a request that timed out after the
+server applied it) is stored once: MLflow ignores an identical (key, value, timestamp, step).
+
+Order of delivery, oldest first: `_backlog` (sender-owned: a failed batch or a loaded
+spill file), the spill file, then the in-memory queue.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import re
 import os
-import tempfile
+import re
+import shutil
+import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .redact import redact, redact_text
+from .redact import _env_secrets, redact, redact_text
 
 log = logging.getLogger("delia.tracking")
-MAX_PARAM_LEN = 6000
-MAX_QUEUE = 10_000
-RETRY_AFTER_S = 10.0  # class default; tests shorten it per tracker
-
+MAX_PARAM_LEN = 6000       # MLflow's limit on a param value
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_TAG_LEN = 8000
+MAX_DROP_WARNINGS = 20     # past this, rejected items are only counted (Tracker.dropped)
+STAGE_LIMIT = 256 << 20    # larger binary artifacts are uploaded from where they are, not copied
+TEXT_SUFFIXES = {".yaml", ".yml", ".json", ".jsonl", ".txt", ".md", ".csv", ".log"}
 
 _BAD_NAME = re.compile(r"[^\w\-. :/]")
 
@@ -34,14 +49,14 @@ def clean_name(name: str) -> str:
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted keys; a list of dicts is keyed by each item's `name` (data.sources.diverse.weight)."""
     out: dict[str, str] = {}
     if isinstance(d, dict):
         for k, v in d.items():
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     elif isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
         for i, v in enumerate(d):
-            name = v.get("name", i) if isinstance(v, dict) else i
-            out.update(flatten(v, f"{prefix}.{name}"))
+            out.update(flatten(v, f"{prefix}.{v.get('name', i)}"))
     else:
         out[prefix] = json.dumps(d) if isinstance(d, (list, dict)) else str(d)
     return out
@@ -51,23 +66,69 @@ def default_uri(cfg, run_dir: Path) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run_dir).resolve()}/mlflow.db"
 
 
+def is_permanent(e: Exception) -> bool:
+    """A 4xx answer (bad value, changed param, deleted run) fails the same way every time;
+    408/429/499 and everything else (connection errors, timeouts, 5xx) may pass later."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(e, MlflowException):
+        return False
+    status = e.get_http_status_code()
+    return 400 <= status < 500 and status not in (408, 429, 499)
+
+
+class _RunRefused(Exception):
+    """A 4xx while creating or reopening the run: without a run nothing can be sent."""
+
+
+def run_gone(e: Exception) -> bool:
+    """404 (no such run) or 400 for a deleted run: the whole batch fails, not one item."""
+    return e.get_http_status_code() == 404 or "must be in the 'active' state" in str(e)
+
+
+def scrub_copy(src: Path, dst: Path) -> None:
+    """Copy a text artifact line by line through redact_text, so size does not matter."""
+    secrets = _env_secrets()
+    with open(src, encoding="utf-8", errors="replace", newline="") as fin, \
+            open(dst, "w", encoding="utf-8", newline="") as fout:
+        for line in fin:
+            fout.write(redact_text(line, secrets))
+
+
 class Tracker:
     def __init__(self, cfg, run_dir: str | os.PathLike, enabled: bool = True):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.enabled = enabled and cfg.enabled
+        self.enabled = bool(enabled and cfg.enabled)
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.last_step = -1
-        self._client = None
-        self._queue: list[tuple[str, float, int, int]] = []
+        self.dropped = 0                     # items the server rejected for good (4xx)
+        self.retry_after_s = float(getattr(cfg, "retry_after_s", 15.0))
+        self.flush_interval_s = float(getattr(cfg, "flush_interval_s", 2.0))
+        self.close_timeout_s = float(getattr(cfg, "close_timeout_s", 30.0))
+        self.max_queue = int(getattr(cfg, "max_queue", 20_000))
         self._spill = self.run_dir / "mlflow-pending.jsonl"
-        self._failing_since: float | None = None
-        self._next_try = 0.0
-        self._warned = False
-        self._sysmon = None
-        self._pending_start = None
+        self._outbox = self.run_dir / "mlflow-outbox"
         self._uri = ""
-        self.retry_after_s = RETRY_AFTER_S
+        self._client = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._metrics: deque = deque()       # (key, value, timestamp_ms, step), newest
+        self._backlog: deque = deque()       # oldest: a failed batch or a loaded spill file
+        self._inflight: list = []            # the batch being sent now
+        self._ops: deque = deque()           # {"tags": {...}} | {"artifact": path, "artifact_path": ..., "staged": bool}
+        self._pending_start: tuple | None = None
+        self._opened = threading.Event()     # run created/reopened on the server
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._late = 0                       # values delivered during the current outage
+        self._abandoned = False
+        self._started_sysmon = False
+        self._config_pending = False
+        self._final_status = "FINISHED"
+        self._stage_ids = itertools.count()
 
     # -- state ---------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -79,194 +140,403 @@ class Tracker:
         self.last_step = state.get("last_step", -1)
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self, config: dict, tags: dict[str, str] | None = None) -> None:
+    def start(self, config: dict, tags: dict[str, Any] | None = None, wait_s: float | None = None) -> None:
+        """Queue the run's creation (or reopening) and start the sender.
+
+        For a local sqlite/file store (no network) it waits up to `wait_s` (default 120 s:
+        the first use migrates the schema) so callers have the run id at once; for a server
+        it does not wait by default: the sender creates the run whenever the server answers.
+        """
         if not self.enabled:
             return
-        # Short timeouts: a dead server must cost seconds, not the default minutes per call.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # Short HTTP timeouts/retries bound how long one request holds the sender (and so
+        # how much close() can deliver); the MLflow defaults are 120 s and 7 retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(getattr(self.cfg, "http_timeout_s", 10)))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        uri = default_uri(self.cfg, self.run_dir)
-        previous = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(uri)  # for the system-metrics monitor's own client
-        if previous is None:  # set_tracking_uri exports the variable; keep it from leaking
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
-        self._uri = uri
-        self._pending_start = (config, tags)
-        self._client = MlflowClient(uri)
-        self._try_start()
-
-    def _try_start(self) -> bool:
-        """Create (or reopen) the run; on failure training goes on and we retry later."""
-        if self._pending_start is None:
-            return True
-        if time.monotonic() < self._next_try:
-            return False
-        config, tags = self._pending_start
-        try:
-            if self.run_id is None:
-                self.experiment_id = self._experiment_id(self._uri)
-                run = self._client.create_run(self.experiment_id, run_name=self.cfg.run_name or config.get("name"),
-                                              tags={**redact(self.cfg.tags), **redact(tags or {})})
-                self.run_id = run.info.run_id
-                self._log_config(config)
-            else:
-                self._client.update_run(self.run_id, status="RUNNING")
-                for k in ("restart_count", "world_size", "nodes"):
-                    if tags and k in tags:
-                        self._client.set_tag(self.run_id, k, str(tags[k]))
-        except Exception as e:
-            self._note_failure(e)
-            return False
-        self._pending_start = None
-        if self.cfg.system_metrics:
-            self._start_system_metrics()
-        self._replay_spill()
-        return True
-
-    def _note_failure(self, e: Exception) -> None:
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.warning("MLflow at %s failed (%s); training continues, metrics are queued and "
-                        "retried every %.0f s", redact_text(self._uri), redact_text(str(e))[:300], self.retry_after_s)
-        self._next_try = time.monotonic() + self.retry_after_s
-
-    def _experiment_id(self, uri: str) -> str:
-        exp = self._client.get_experiment_by_name(self.cfg.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        location = None
-        if uri.startswith("sqlite:") or uri.startswith("file:"):
-            location = (self.run_dir / "mlartifacts").resolve().as_uri()
-        return self._client.create_experiment(self.cfg.experiment, artifact_location=location)
-
-    def _log_config(self, config: dict) -> None:
-        from mlflow.entities import Param
-        import yaml
-
-        clean = redact(config)
-        params = [Param(clean_name(k), v[:MAX_PARAM_LEN]) for k, v in flatten(clean).items()]
-        for i in range(0, len(params), 100):
-            self._client.log_batch(self.run_id, params=params[i:i + 100])
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "config.yaml"
-            path.write_text(yaml.safe_dump(clean, sort_keys=False))
-            self._client.log_artifact(self.run_id, str(path))
-
-    def _start_system_metrics(self) -> None:
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-            self._sysmon = SystemMetricsMonitor(self.run_id, sampling_interval=10, samples_before_logging=1)
-            self._sysmon.start()
-        except Exception as e:  # psutil missing or API change: training goes on
-            log.warning("system metrics disabled: %s", e)
+        self._uri = default_uri(self.cfg, self.run_dir)
+        self._client = MlflowClient(self._uri)
+        self._pending_start = (redact(config), {k: str(v) for k, v in {**self.cfg.tags, **(tags or {})}.items()})
+        self._thread = threading.Thread(target=self._sender, name="delia-mlflow", daemon=True)
+        self._thread.start()
+        self._wake.set()
+        wait = wait_s if wait_s is not None else (120.0 if self._local() else 0.0)
+        if wait > 0:
+            self._opened.wait(wait)
 
     def close(self, status: str = "FINISHED") -> None:
-        if not self.enabled or self._client is None:
+        """Deliver what is queued (waiting at most close_timeout_s), end the run, spill the rest."""
+        if not self.enabled or self._thread is None:
             return
-        if self._sysmon is not None:
-            try:
-                self._sysmon.finish()
-            except Exception:
-                pass
-        self._next_try = 0.0
-        self._flush()
-        if self._pending_start is not None:
-            self._spill_queue()
-            log.warning("MLflow never answered; metrics kept in %s", self._spill)
-            return
-        try:
-            self._client.set_terminated(self.run_id, status=status)
-        except Exception as e:
-            log.warning("could not mark MLflow run %s %s: %s", self.run_id, status, e)
-        if self._queue:
-            self._spill_queue()
-            log.warning("%d metric values not delivered; kept in %s and sent at the next start",
-                        len(self._spill_lines()), self._spill)
+        self._final_status = status
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(self.close_timeout_s)
+        with self._lock:
+            # A sender still inside a request is abandoned: whatever it holds goes to disk,
+            # and it touches nothing once it returns.
+            self._abandoned = self._thread.is_alive()
+            front = (self._inflight if self._abandoned else []) + list(self._backlog)
+            n_metrics, n_ops = self._rewrite_spill(front, list(self._ops))
+            self._inflight, self._backlog, self._metrics, self._ops = [], deque(), deque(), deque()
+        self._thread = None
+        if n_metrics or n_ops:
+            log.warning("MLflow at %s: not delivered within close_timeout_s=%.1f s: %d metric values and %d "
+                        "tag/artifact updates%s, kept in %s; the next Tracker on this run directory sends them",
+                        redact_text(self._uri), self.close_timeout_s, n_metrics, n_ops,
+                        "" if self._opened.is_set() else " (the run was never created)", self._spill)
 
-    # -- logging ---------------------------------------------------------------------
+    # -- logging (training thread: never touches the network) ----------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
         now = int(time.time() * 1000)
-        self._queue.extend((clean_name(k), float(v), now, int(step)) for k, v in metrics.items())
-        self.last_step = max(self.last_step, step)
-        if len(self._queue) > MAX_QUEUE:
-            self._spill_queue()
-        self._flush()
-
-    def _flush(self) -> None:
-        if not self._queue or self._client is None or time.monotonic() < self._next_try:
-            return
-        if not self._try_start():
-            return
-        from mlflow.entities import Metric
-        try:
-            while self._queue:
-                batch = self._queue[:1000]
-                self._client.log_batch(self.run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in batch])
-                del self._queue[:len(batch)]
-            if self._failing_since is not None:
-                log.warning("MLflow reachable again after %.0f s; queued metrics delivered",
-                            time.monotonic() - self._failing_since)
-                self._failing_since = None
-        except Exception as e:
-            self._note_failure(e)
-
-    def _spill_queue(self) -> None:
-        self._spill.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._spill, "a") as f:
-            for item in self._queue:
-                f.write(json.dumps(item) + "\n")
-        self._queue.clear()
-
-    def _spill_lines(self) -> list:
-        if not self._spill.is_file():
-            return []
-        return [json.loads(line) for line in self._spill.read_text().splitlines() if line.strip()]
-
-    def _replay_spill(self) -> None:
-        items = self._spill_lines()
-        if items:
-            self._queue[:0] = [tuple(i) for i in items]
-            self._spill.unlink()
-            self._flush()
+        items = []
+        for k, v in metrics.items():
+            try:
+                items.append((clean_name(str(k)), float(v), now, int(step)))
+            except (TypeError, ValueError):
+                log.warning("metric %s=%r is not a number; not logged", k, v)
+        with self._lock:
+            self._metrics.extend(items)
+            self.last_step = max(self.last_step, int(step))
+            if len(self._metrics) > self.max_queue:  # memory stays bounded during an outage
+                self._append_spill(self._metrics, [])
+                self._metrics.clear()
+            full = len(self._metrics) >= MAX_METRICS_PER_BATCH
+        if full:
+            self._wake.set()
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        if not self.enabled or self._client is None or not self._try_start():
+        if not self.enabled:
             return
-        try:
-            for k, v in redact({k: str(v) for k, v in tags.items()}).items():
-                self._client.set_tag(self.run_id, k, v)
-        except Exception as e:
-            log.warning("MLflow set_tags failed: %s", redact_text(str(e))[:200])
+        clean = redact({clean_name(str(k)): str(v)[:MAX_TAG_LEN] for k, v in tags.items()})
+        with self._lock:
+            self._ops.append({"tags": clean})
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        if not self.enabled or self._client is None or not self._try_start():
+        """Upload a file or directory; text files are scrubbed of secrets on a staged copy."""
+        if not self.enabled:
+            return
+        path = Path(path)
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                self.log_artifact(child, f"{artifact_path}/{path.name}" if artifact_path else path.name)
             return
         try:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
-        except Exception as e:
-            log.warning("MLflow artifact %s not logged: %s", path, redact_text(str(e))[:200])
+            op = self._stage(path, artifact_path)
+        except OSError as e:
+            log.warning("artifact %s not logged: %s", path, e)
+            return
+        with self._lock:
+            self._ops.append(op)
 
     def log_figure(self, fig, name: str) -> None:
-        if not self.enabled or self._client is None:
+        if not self.enabled:
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            fig.savefig(path, dpi=120, bbox_inches="tight")
-            self.log_artifact(path, "plots")
+        staged = self._stage_dir() / name
+        fig.savefig(staged, dpi=120, bbox_inches="tight")
+        with self._lock:
+            self._ops.append({"artifact": str(staged), "artifact_path": "plots", "staged": True})
 
     def log_table(self, rows: list[dict], name: str) -> None:
-        if not self.enabled or self._client is None:
+        """rows as JSONL under tables/<name> (secrets scrubbed)."""
+        if not self.enabled:
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text("\n".join(json.dumps(redact(r), ensure_ascii=False) for r in rows) + "\n")
-            self.log_artifact(path, "tables")
+        staged = self._stage_dir() / name
+        staged.write_text("".join(json.dumps(redact(r), ensure_ascii=False, default=str) + "\n" for r in rows))
+        with self._lock:
+            self._ops.append({"artifact": str(staged), "artifact_path": "tables", "staged": True})
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything queued so far is delivered; False if that took too long."""
+        if not self.enabled or self._thread is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                idle = self._opened.is_set() and not (self._metrics or self._ops or self._inflight
+                                                      or self._backlog or self._spill.exists())
+            if idle:
+                return True
+            self._wake.set()
+            time.sleep(0.05)
+        return False
+
+    # -- staging ----------------------------------------------------------------------
+    def _local(self) -> bool:
+        return self._uri.startswith(("sqlite:", "file:")) or "://" not in self._uri
+
+    def _stage_dir(self) -> Path:
+        d = self._outbox / f"{os.getpid()}-{next(self._stage_ids)}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _stage(self, path: Path, artifact_path: str | None) -> dict:
+        """A copy the caller may delete or rewrite at once; text goes through redact_text."""
+        text = path.suffix.lower() in TEXT_SUFFIXES
+        if not text and path.stat().st_size > STAGE_LIMIT:
+            return {"artifact": str(path), "artifact_path": artifact_path, "staged": False}
+        staged = self._stage_dir() / path.name
+        if text:
+            scrub_copy(path, staged)
+        else:
+            shutil.copyfile(path, staged)
+        return {"artifact": str(staged), "artifact_path": artifact_path, "staged": True}
+
+    # -- spill file (callers hold the lock) ---------------------------------------------
+    def _append_spill(self, metrics, ops, path: Path | None = None) -> None:
+        path = path or self._spill
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.writelines(json.dumps(list(m)) + "\n" for m in metrics)
+            f.writelines(json.dumps(op) + "\n" for op in ops)
+
+    def _read_spill(self) -> tuple[list, list]:
+        metrics, ops, bad = [], [], 0
+        if not self._spill.is_file():
+            return metrics, ops
+        with open(self._spill) as f:
+            for line in f:
+                try:
+                    item = json.loads(line)
+                    if isinstance(item, list):
+                        k, v, ts, s = item
+                        metrics.append((str(k), float(v), int(ts), int(s)))
+                    elif isinstance(item, dict) and ("tags" in item or "artifact" in item):
+                        ops.append(item)
+                    else:
+                        bad += 1
+                except (ValueError, TypeError):
+                    bad += 1  # a line cut short by a crash
+        if bad:
+            log.warning("%s: skipped %d unreadable lines", self._spill, bad)
+        return metrics, ops
+
+    def _rewrite_spill(self, front_metrics: list, front_ops: list) -> tuple[int, int]:
+        """Spill file := front + its current content + the in-memory queue, in that order."""
+        old_metrics, old_ops = self._read_spill()
+        metrics = [*front_metrics, *old_metrics, *self._metrics]
+        ops = [*old_ops, *front_ops]
+        if not metrics and not ops:
+            self._spill.unlink(missing_ok=True)
+            return 0, 0
+        tmp = self._spill.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        self._append_spill(metrics, ops, tmp)
+        os.replace(tmp, self._spill)  # a crash leaves the old file or the new one, never half
+        return len(metrics), len(ops)
+
+    # -- sender thread ------------------------------------------------------------------
+    def _sender(self) -> None:
+        next_try = 0.0
+        while not self._abandoned:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            if stopping or time.monotonic() >= next_try:
+                try:
+                    self._deliver()
+                except _RunRefused as e:
+                    log.warning("MLflow at %s refused to create or reopen the run (%s); not retried: values "
+                                "are kept and spilled to %s at close", redact_text(self._uri),
+                                redact_text(str(e.__cause__))[:300], self._spill)
+                    return
+                except Exception as e:  # noqa: BLE001 - transient: keep training, retry later
+                    self._note_failure(e)
+                    # Backoff: retry_after_s, doubling per failure, at most 8x.
+                    next_try = time.monotonic() + self.retry_after_s * 2 ** min(self._failures - 1, 3)
+                    if stopping:
+                        return
+                else:
+                    self._note_success()
+            if stopping:
+                if self._failing_since is None and self.run_id is not None and not self._abandoned:
+                    self._terminate()
+                return
+
+    def _note_failure(self, e: Exception) -> None:
+        self._failures += 1
+        if self._failing_since is None and not self._abandoned:
+            self._failing_since = time.monotonic()
+            log.warning("MLflow at %s unreachable (%s); training continues, values are queued and retried "
+                        "with backoff from %.1f s", redact_text(self._uri), redact_text(str(e))[:300],
+                        self.retry_after_s)
+
+    def _note_success(self) -> None:
+        if self._failing_since is not None and not self._abandoned:
+            log.warning("MLflow at %s reachable again after %.0f s; %d values delivered late",
+                        redact_text(self._uri), time.monotonic() - self._failing_since, self._late)
+        self._failing_since, self._failures, self._late = None, 0, 0
+
+    def _drop(self, what: str, e: Exception) -> None:
+        """The server rejected an item for good: retrying cannot help, the rest goes on."""
+        self.dropped += 1
+        if self.dropped <= MAX_DROP_WARNINGS:
+            log.warning("MLflow rejected %s: %s; dropped, not retried (%d dropped so far%s)", what,
+                        redact_text(str(e))[:300], self.dropped,
+                        "; further rejections are only counted" if self.dropped == MAX_DROP_WARNINGS else "")
+
+    def _deliver(self) -> None:
+        if self._pending_start is not None:
+            try:
+                self._open_run()
+            except Exception as e:  # noqa: BLE001
+                if is_permanent(e):
+                    raise _RunRefused() from e
+                raise
+        while True:
+            with self._lock:
+                if self._abandoned:
+                    return
+                op = self._ops[0] if self._ops else None
+                if op is None:
+                    if not self._backlog and self._spill.exists():
+                        metrics, ops = self._read_spill()  # older than anything in memory
+                        self._spill.unlink()
+                        self._backlog.extend(metrics)
+                        self._ops.extendleft(reversed(ops))
+                        continue
+                    source = self._backlog or self._metrics
+                    if not source:
+                        return
+                    self._inflight = [source.popleft() for _ in range(min(MAX_METRICS_PER_BATCH, len(source)))]
+            if op is not None:
+                self._apply(op)
+                with self._lock:
+                    if self._ops and self._ops[0] is op:
+                        self._ops.popleft()
+                continue
+            try:
+                self._send_metrics(self._inflight)
+            except Exception:
+                with self._lock:
+                    if not self._abandoned:  # the oldest values: they go first next time
+                        self._backlog.extendleft(reversed(self._inflight))
+                    self._inflight = []
+                raise
+            with self._lock:
+                self._inflight = []
+
+    def _send(self, items: list, request: Callable[[list], None], describe: Callable[[Any], str]) -> None:
+        """Send items; on a permanent rejection, halve the batch until the bad item is found
+        and drop only it. Re-sent good items are harmless (identical values are stored once)."""
+        try:
+            request(items)
+        except Exception as e:  # noqa: BLE001
+            if not is_permanent(e):
+                raise
+            if len(items) == 1 or run_gone(e):  # every item would fail alike: no halving
+                for item in items:
+                    self._drop(describe(item), e)
+                return
+            mid = len(items) // 2
+            self._send(items[:mid], request, describe)
+            self._send(items[mid:], request, describe)
+
+    def _send_metrics(self, batch: list) -> None:
+        from mlflow.entities import Metric
+
+        def request(items):
+            self._client.log_batch(self.run_id, metrics=[Metric(*m) for m in items])
+            if self._failing_since is not None:
+                self._late += len(items)
+
+        self._send(batch, request, lambda m: f"metric {m[0]!r} at step {m[3]}")
+
+    def _apply(self, op: dict) -> None:
+        if "tags" in op:
+            for k, v in op["tags"].items():
+                self._send([(k, v)], lambda items: self._client.set_tag(self.run_id, *items[0]),
+                           lambda t: f"tag {t[0]!r}")
+            return
+        path = Path(op["artifact"])
+        if not path.exists():
+            log.warning("artifact %s vanished before upload; skipped", path)
+            return
+        self._send([path], lambda items: self._client.log_artifact(self.run_id, str(path), op.get("artifact_path")),
+                   lambda p: f"artifact {p.name!r}")
+        if op.get("staged"):
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+    def _open_run(self) -> None:
+        config, tags = self._pending_start
+        if self.run_id is None:
+            self.experiment_id = self._experiment_id()
+            run = self._client.create_run(self.experiment_id, run_name=self.cfg.run_name or config.get("name"))
+            self.run_id, self._config_pending = run.info.run_id, True
+        if self._config_pending:  # a failure half-way through is retried from here
+            self._apply({"tags": redact({clean_name(k): v[:MAX_TAG_LEN] for k, v in tags.items()})})
+            self._log_config(config)
+            self._config_pending = False
+        elif not self._opened.is_set():
+            # A resumed job may run on other nodes, another GPU count, another commit.
+            self._send([self.run_id], lambda _: self._client.update_run(self.run_id, status="RUNNING"),
+                       lambda r: f"reopening run {r}")
+            self._apply({"tags": redact({clean_name(k): v[:MAX_TAG_LEN] for k, v in tags.items()})})
+        self._pending_start = None
+        self._opened.set()
+        if getattr(self.cfg, "system_metrics", False) and not self._started_sysmon:
+            self._started_sysmon = True
+            threading.Thread(target=self._sample_system, name="delia-sysmetrics", daemon=True).start()
+
+    def _experiment_id(self) -> str:
+        exp = self._client.get_experiment_by_name(self.cfg.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self._local():
+            location = (self.run_dir / "mlartifacts").resolve().as_uri()
+        return self._client.create_experiment(self.cfg.experiment, artifact_location=location)
+
+    def _log_config(self, config: dict) -> None:
+        """config is already redacted: params (dotted, truncated to MLflow's limit) + YAML artifact."""
+        import yaml
+        from mlflow.entities import Param
+
+        params = [Param(clean_name(k)[:250], v[:MAX_PARAM_LEN]) for k, v in flatten(config).items()]
+        for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
+            self._send(params[i:i + MAX_PARAMS_PER_BATCH],
+                       lambda items: self._client.log_batch(self.run_id, params=items), lambda p: f"param {p.key!r}")
+        staged = self._stage_dir() / "config.yaml"
+        staged.write_text(redact_text(yaml.safe_dump(config, sort_keys=False)))
+        self._apply({"artifact": str(staged), "artifact_path": None, "staged": True})
+
+    def _terminate(self) -> None:
+        try:
+            self._client.set_terminated(self.run_id, status=self._final_status)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not mark MLflow run %s %s: %s", self.run_id, self._final_status,
+                        redact_text(str(e))[:200])
+
+    def _sample_system(self) -> None:
+        """mlflow's own monitor stops for good at the first failed request; this one feeds
+        the buffered queue, so an outage only delays system metrics."""
+        try:
+            from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+            from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+            from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
+            sources = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
+        except Exception as e:  # noqa: BLE001 - psutil missing or an mlflow API change
+            log.warning("system metrics disabled: %s", e)
+            return
+        try:
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+            sources.append(GPUMonitor())
+        except Exception:  # noqa: BLE001 - no NVIDIA GPU or no pynvml: CPU-side metrics only
+            pass
+        interval = float(getattr(self.cfg, "system_metrics_interval_s", 30.0))
+        while not self._stop.wait(interval):
+            values = {}
+            for source in sources:
+                try:
+                    source.collect_metrics()
+                    values.update(source.aggregate_metrics())
+                    source.clear_metrics()
+                except Exception:  # noqa: BLE001 - one failing probe must not stop the others
+                    continue
+            if values:
+                self.log_metrics({f"system/{k}": v for k, v in values.items()}, max(self.last_step, 0))
