@@ -138,6 +138,36 @@ class Tracker:
         self.run_id = state.get("run_id")
         self.experiment_id = state.get("experiment_id")
         self.last_step = state.get("last_step", -1)
+        if self.run_id is None and self.enabled:
+            # The checkpoint was written before the server answered and the run existed; the
+            # sender noted the run it created later in the run directory: continue that one
+            # instead of splitting the job over two runs.
+            recorded = self._recorded_run()
+            if recorded and recorded.get("uri") == redact_text(default_uri(self.cfg, self.run_dir)):
+                self.run_id, self.experiment_id = recorded.get("run_id"), recorded.get("experiment_id")
+                log.info("checkpoint has no MLflow run id (saved before the run was created); continuing "
+                         "run %s recorded in %s", self.run_id, self._run_file)
+
+    @property
+    def _run_file(self) -> Path:
+        return self.run_dir / "mlflow-run.json"
+
+    def _record_run(self) -> None:
+        """The created run's id, beside the checkpoints (atomic write), for load_state_dict."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._run_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id,
+                                       "uri": redact_text(self._uri)}))
+            os.replace(tmp, self._run_file)
+        except OSError as e:
+            log.warning("could not record MLflow run id in %s: %s", self._run_file, e)
+
+    def _recorded_run(self) -> dict | None:
+        try:
+            return json.loads(self._run_file.read_text())
+        except (OSError, ValueError):
+            return None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, config: dict, tags: dict[str, Any] | None = None, wait_s: float | None = None) -> None:
@@ -468,6 +498,7 @@ class Tracker:
             self.experiment_id = self._experiment_id()
             run = self._client.create_run(self.experiment_id, run_name=self.cfg.run_name or config.get("name"))
             self.run_id, self._config_pending = run.info.run_id, True
+            self._record_run()
         if self._config_pending:  # a failure half-way through is retried from here
             self._apply({"tags": redact({clean_name(k): v[:MAX_TAG_LEN] for k, v in tags.items()})})
             self._log_config(config)

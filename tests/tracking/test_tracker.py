@@ -232,6 +232,37 @@ def test_restart_replays_spill_into_the_same_run_once(tmp_path, hanging_server, 
     assert not (run_dir / "mlflow-pending.jsonl").exists()
 
 
+def test_checkpoint_from_before_the_run_existed_still_resumes_into_it(tmp_path, mlflow_server):
+    """The first checkpoint can be written before a slow server lets the sender create the
+    run (its tracker state has no run id). The requeued job still continues the run the
+    first job got, recorded beside the checkpoints; a fresh job in the same directory (no
+    checkpoint loaded) gets a run of its own."""
+    run_dir = tmp_path / "run"
+    fast = dict(system_metrics=False, flush_interval_s=0.1)
+    first = Tracker(TrackingConfig(uri=mlflow_server.uri, experiment="early-ckpt", **fast), run_dir)
+    early_state = first.state_dict()  # what a checkpoint taken at once would hold
+    assert early_state["run_id"] is None
+    first.start({"x": 1})
+    first.log_metrics({"loss": 1.0}, 1)
+    assert first.flush(30)
+    first.close("KILLED")
+
+    requeued = Tracker(TrackingConfig(uri=mlflow_server.uri, experiment="early-ckpt", **fast), run_dir)
+    requeued.load_state_dict(early_state)
+    requeued.start({"x": 1})
+    requeued.log_metrics({"loss": 2.0}, 2)
+    assert requeued.flush(30)
+    requeued.close()
+    assert requeued.run_id == first.run_id
+    client = mlflow.tracking.MlflowClient(mlflow_server.uri)
+    assert history(client, first.run_id, "loss") == [(1, 1.0), (2, 2.0)]
+
+    fresh = Tracker(TrackingConfig(uri=mlflow_server.uri, experiment="early-ckpt", **fast), run_dir)
+    fresh.start({"x": 1}, wait_s=30)
+    fresh.close()
+    assert fresh.run_id not in (None, first.run_id)
+
+
 def test_rejected_items_are_dropped_once_and_the_rest_arrives(tmp_path, mlflow_server, caplog):
     cfg = TrackingConfig(uri=mlflow_server.uri, experiment="rejects", system_metrics=False,
                          flush_interval_s=0.1, retry_after_s=0.2)
