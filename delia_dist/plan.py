@@ -261,8 +261,8 @@ def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: fl
     mem[f"activations ({'checkpointed' if m.gradient_checkpointing else 'all layers kept'})"] = acts
     fused = cfg.loss.impl != "naive"
     if fused:
-        # As kernels.linear_ce picks it: ~256 MiB of logits in the compute dtype.
-        chunk = cfg.loss.chunk_size or max(1, min(4096, (256 << 20) // (w_bytes * arch.vocab), tokens))
+        from kernels.linear_ce import chunk_rows
+        chunk = chunk_rows(tokens, arch.vocab, cfg.loss.chunk_size, w_bytes)
         accum = 4 if cfg.loss.grad_accum == "fp32" else 0  # "input": summed into the bf16 grad itself
         logits = 2 * chunk * arch.vocab * w_bytes + arch.vocab * arch.hidden * accum + tokens * arch.hidden * 2
     else:

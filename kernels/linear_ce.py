@@ -32,7 +32,7 @@ import torch
 
 LOSS_IMPLS = ("auto", "triton", "chunked", "naive")
 GRAD_ACCUM = ("fp32", "input")
-# Rows per chunk: the logits buffer is chunk x V fp32 (V=128k: 4096 rows = 2 GiB).
+# Most rows per chunk: the logits buffer is chunk x V in the inputs' dtype.
 DEFAULT_CHUNK = 4096
 
 
@@ -44,7 +44,8 @@ def _triton_available() -> bool:
         return False
 
 
-def _chunk_rows(n: int, v: int, chunk_size: Optional[int], itemsize: int = 4) -> int:
+def chunk_rows(n: int, v: int, chunk_size: Optional[int], itemsize: int = 4) -> int:
+    """Rows per chunk for N rows of a V vocabulary (also what `delia plan` counts with)."""
     if chunk_size:
         return max(1, chunk_size)
     # Aim for ~256 MiB of logits per chunk (in the inputs' dtype), at least 1 row.
@@ -141,11 +142,6 @@ def _rows(use_triton: bool, logits, labels, valid, **kw):
     return _row_loss_and_grad(logits, labels, valid, **kw)
 
 
-def _grad_h_rows(out: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> None:
-    """out (rows of grad_h) = g @ W, straight into `out` (g, W and out share a dtype)."""
-    torch.mm(g, weight, out=out)
-
-
 def _chunked_pass(hidden, weight, bias, labels, valid, grad_scale, opts, use_triton, chunk_size,
                   losses=None, grad_h=None, grad_w=None, grad_b=None) -> None:
     """One sweep over row chunks: logits, row losses into `losses`, and d loss / d logits
@@ -153,7 +149,7 @@ def _chunked_pass(hidden, weight, bias, labels, valid, grad_scale, opts, use_tri
     The forward runs it with the reduction's scale, the recomputing backward with grad_out."""
     n, v = hidden.shape[0], weight.shape[0]
     want_grad = grad_h is not None or grad_w is not None or grad_b is not None
-    step = _chunk_rows(n, v, chunk_size, hidden.element_size())
+    step = chunk_rows(n, v, chunk_size, hidden.element_size())
     buf = torch.empty(min(step, n), v, dtype=hidden.dtype, device=hidden.device)
     for s in range(0, n, step):
         e = min(n, s + step)
@@ -164,7 +160,7 @@ def _chunked_pass(hidden, weight, bias, labels, valid, grad_scale, opts, use_tri
         if losses is not None:
             losses[s:e] = loss
         if grad_h is not None:
-            _grad_h_rows(grad_h[s:e], g, weight)
+            torch.mm(g, weight, out=grad_h[s:e])  # g, W and grad_h share the inputs' dtype
         if grad_w is not None:
             _accumulate_grad_w(grad_w, g, h)
         if grad_b is not None:
