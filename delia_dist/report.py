@@ -105,6 +105,12 @@ def _drop_rank(key: str, label: str, first_align: str | None) -> int:
     return 5  # other eval metrics (per-task extras)
 
 
+def terminal_width() -> int:
+    """Width to print the table in: the terminal's (160 when not a terminal), at least 120."""
+    import shutil
+    return max(120, shutil.get_terminal_size((160, 24)).columns)
+
+
 def comparison_table(results: list[dict], histories: dict | None = None, max_width: int | None = None) -> str:
     """Aligned plain-text table; a missing value is '-' so columns always split cleanly.
 
@@ -403,8 +409,7 @@ def build_report(experiment: str, tracking_uri: str, out_dir: str | Path, run_id
     with summary_run, also logs them as artifacts of a run tagged delia.kind=report."""
     rows, histories = runs_from_mlflow(experiment, tracking_uri, run_ids)
     path = write_report(rows, out_dir, histories)
-    import shutil
-    print(comparison_table(rows, histories, max_width=max(120, shutil.get_terminal_size((160, 24)).columns)))
+    print(comparison_table(rows, histories, max_width=terminal_width()))
     not_done = [f"{r['run']} ({r['status']})" for r in rows if "status" in r]
     if not_done:
         print(f"note: not finished: {', '.join(not_done)}")

@@ -17,12 +17,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import shutil
     from pathlib import Path
 
     from ..config import load_config
     from ..experiment import run_experiment
-    from ..report import comparison_table, write_report
+    from ..report import comparison_table, terminal_width, write_report
     from ..tracking import default_uri
 
     results = run_experiment(args.config, args.overrides, args.only.split(",") if args.only else None,
@@ -32,7 +31,7 @@ def run(args) -> int:
     failed = [r for r in results if r["status"] != "ok"]
     print()
     if done:
-        print(comparison_table(done, max_width=max(120, shutil.get_terminal_size((160, 24)).columns)))
+        print(comparison_table(done, max_width=terminal_width()))
         out = write_report(done, Path(cfg.run_dir) / "report")
         out = f"{out}  (plots: {Path(out).parent}/*.png)"
     else:
