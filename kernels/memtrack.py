@@ -17,14 +17,17 @@ from torch.utils._pytree import tree_flatten
 class TensorMemoryTracker(TorchDispatchMode):
     """Inside `with TensorMemoryTracker() as m:`, m.peak_bytes is the most bytes of storage
     created inside the block and alive at once; m.max_numel the largest tensor made
-    (views of existing storage do not count)."""
+    (views of existing storage do not count). With record_min_numel, m.made lists
+    (op, dtype, shape) of every tensor of at least that many elements made in the block."""
 
-    def __init__(self):
+    def __init__(self, record_min_numel: int | None = None):
         super().__init__()
         self.live_bytes = 0
         self.peak_bytes = 0
         self.max_numel = 0
         self.max_shape: tuple = ()
+        self.record_min_numel = record_min_numel
+        self.made: list[tuple[str, torch.dtype, tuple]] = []
         self._live: set[int] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -41,6 +44,8 @@ class TensorMemoryTracker(TorchDispatchMode):
                 continue  # a view or in-place result, or a storage already counted
             if t.numel() > self.max_numel:
                 self.max_numel, self.max_shape = t.numel(), tuple(t.shape)
+            if self.record_min_numel is not None and t.numel() >= self.record_min_numel:
+                self.made.append((str(func), t.dtype, tuple(t.shape)))
             self._live.add(key)
             self.live_bytes += nbytes
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
