@@ -77,6 +77,11 @@ def is_permanent(e: Exception) -> bool:
     return 400 <= status < 500 and status not in (408, 429, 499)
 
 
+def _tag_op(tags: dict[str, Any]) -> dict:
+    """A queued tag update: MLflow-safe keys, values cut to MLflow's limit, secrets masked."""
+    return {"tags": redact({clean_name(str(k)): str(v)[:MAX_TAG_LEN] for k, v in tags.items()})}
+
+
 class _RunRefused(Exception):
     """A 4xx while creating or reopening the run: without a run nothing can be sent."""
 
@@ -103,10 +108,6 @@ class Tracker:
         self.experiment_id: str | None = None
         self.last_step = -1
         self.dropped = 0                     # items the server rejected for good (4xx)
-        self.retry_after_s = float(getattr(cfg, "retry_after_s", 15.0))
-        self.flush_interval_s = float(getattr(cfg, "flush_interval_s", 2.0))
-        self.close_timeout_s = float(getattr(cfg, "close_timeout_s", 30.0))
-        self.max_queue = int(getattr(cfg, "max_queue", 20_000))
         self._spill = self.run_dir / "mlflow-pending.jsonl"
         self._outbox = self.run_dir / "mlflow-outbox"
         self._uri = ""
@@ -181,7 +182,7 @@ class Tracker:
             return
         # Short HTTP timeouts/retries bound how long one request holds the sender (and so
         # how much close() can deliver); the MLflow defaults are 120 s and 7 retries.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(getattr(self.cfg, "http_timeout_s", 10)))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(self.cfg.http_timeout_s))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         from mlflow.tracking import MlflowClient
@@ -204,7 +205,7 @@ class Tracker:
         self._final_status = status
         self._stop.set()
         self._wake.set()
-        self._thread.join(self.close_timeout_s)
+        self._thread.join(self.cfg.close_timeout_s)
         with self._lock:
             # A sender still inside a request is abandoned: whatever it holds goes to disk,
             # and it touches nothing once it returns.
@@ -216,7 +217,7 @@ class Tracker:
         if n_metrics or n_ops:
             log.warning("MLflow at %s: not delivered within close_timeout_s=%.1f s: %d metric values and %d "
                         "tag/artifact updates%s, kept in %s; the next Tracker on this run directory sends them",
-                        redact_text(self._uri), self.close_timeout_s, n_metrics, n_ops,
+                        redact_text(self._uri), self.cfg.close_timeout_s, n_metrics, n_ops,
                         "" if self._opened.is_set() else " (the run was never created)", self._spill)
 
     # -- logging (training thread: never touches the network) ----------------------
@@ -233,7 +234,7 @@ class Tracker:
         with self._lock:
             self._metrics.extend(items)
             self.last_step = max(self.last_step, int(step))
-            if len(self._metrics) > self.max_queue:  # memory stays bounded during an outage
+            if len(self._metrics) > self.cfg.max_queue:  # memory stays bounded during an outage
                 self._append_spill(self._metrics, [])
                 self._metrics.clear()
             full = len(self._metrics) >= MAX_METRICS_PER_BATCH
@@ -243,9 +244,9 @@ class Tracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        clean = redact({clean_name(str(k)): str(v)[:MAX_TAG_LEN] for k, v in tags.items()})
+        op = _tag_op(tags)
         with self._lock:
-            self._ops.append({"tags": clean})
+            self._ops.append(op)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a file or directory; text files are scrubbed of secrets on a staged copy."""
@@ -364,7 +365,7 @@ class Tracker:
     def _sender(self) -> None:
         next_try = 0.0
         while not self._abandoned:
-            self._wake.wait(self.flush_interval_s)
+            self._wake.wait(self.cfg.flush_interval_s)
             self._wake.clear()
             stopping = self._stop.is_set()
             if stopping or time.monotonic() >= next_try:
@@ -378,7 +379,7 @@ class Tracker:
                 except Exception as e:  # noqa: BLE001 - transient: keep training, retry later
                     self._note_failure(e)
                     # Backoff: retry_after_s, doubling per failure, at most 8x.
-                    next_try = time.monotonic() + self.retry_after_s * 2 ** min(self._failures - 1, 3)
+                    next_try = time.monotonic() + self.cfg.retry_after_s * 2 ** min(self._failures - 1, 3)
                     if stopping:
                         return
                 else:
@@ -394,7 +395,7 @@ class Tracker:
             self._failing_since = time.monotonic()
             log.warning("MLflow at %s unreachable (%s); training continues, values are queued and retried "
                         "with backoff from %.1f s", redact_text(self._uri), redact_text(str(e))[:300],
-                        self.retry_after_s)
+                        self.cfg.retry_after_s)
 
     def _note_success(self) -> None:
         if self._failing_since is not None and not self._abandoned:
@@ -500,17 +501,17 @@ class Tracker:
             self.run_id, self._config_pending = run.info.run_id, True
             self._record_run()
         if self._config_pending:  # a failure half-way through is retried from here
-            self._apply({"tags": redact({clean_name(k): v[:MAX_TAG_LEN] for k, v in tags.items()})})
+            self._apply(_tag_op(tags))
             self._log_config(config)
             self._config_pending = False
         elif not self._opened.is_set():
             # A resumed job may run on other nodes, another GPU count, another commit.
             self._send([self.run_id], lambda _: self._client.update_run(self.run_id, status="RUNNING"),
                        lambda r: f"reopening run {r}")
-            self._apply({"tags": redact({clean_name(k): v[:MAX_TAG_LEN] for k, v in tags.items()})})
+            self._apply(_tag_op(tags))
         self._pending_start = None
         self._opened.set()
-        if getattr(self.cfg, "system_metrics", False) and not self._started_sysmon:
+        if self.cfg.system_metrics and not self._started_sysmon:
             self._started_sysmon = True
             threading.Thread(target=self._sample_system, name="delia-sysmetrics", daemon=True).start()
 
@@ -559,7 +560,7 @@ class Tracker:
             sources.append(GPUMonitor())
         except Exception:  # noqa: BLE001 - no NVIDIA GPU or no pynvml: CPU-side metrics only
             pass
-        interval = float(getattr(self.cfg, "system_metrics_interval_s", 30.0))
+        interval = self.cfg.system_metrics_interval_s
         while not self._stop.wait(interval):
             values = {}
             for source in sources:
