@@ -20,6 +20,7 @@ if [ "${1:-}" = --fetch ]; then
   exit 0
 fi
 
+command -v nvidia-smi >/dev/null || { echo "gpu_check.sh: no NVIDIA GPU here (nvidia-smi not found); run it on the GPU machine" >&2; exit 2; }
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

@@ -165,10 +165,16 @@ class Tracker:
             log.warning("could not record MLflow run id in %s: %s", self._run_file, e)
 
     def _recorded_run(self) -> dict | None:
-        try:
-            return json.loads(self._run_file.read_text())
-        except (OSError, ValueError):
+        if not self._run_file.is_file():
             return None
+        try:
+            recorded = json.loads(self._run_file.read_text())
+            if isinstance(recorded, dict):
+                return recorded
+        except (OSError, ValueError):
+            pass
+        log.warning("%s is unreadable; the resumed job starts a new MLflow run", self._run_file)
+        return None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, config: dict, tags: dict[str, Any] | None = None, wait_s: float | None = None) -> None:

@@ -347,3 +347,12 @@ def test_secrets_reach_no_param_tag_or_artifact(tmp_path, monkeypatch, repo_root
     assert run.data.params["generate.diversify.api_key_env"] == "OPENAI_API_KEY"  # a name, not a secret
     for text in texts:
         assert "SECRET" not in text, text[:300]
+
+
+def test_unreadable_recorded_run_id_is_a_warning_and_a_new_run(tmp_path, caplog):
+    (tmp_path / "mlflow-run.json").write_text('{"run_id": "abc", "exp')  # cut short by a crash
+    t = Tracker(TrackingConfig(experiment="x", system_metrics=False), tmp_path, enabled=True)
+    with caplog.at_level(logging.WARNING, logger="delia.tracking"):
+        t.load_state_dict({"run_id": None})
+    assert t.run_id is None
+    assert "mlflow-run.json is unreadable" in caplog.text
