@@ -72,3 +72,29 @@ def load_samples(policies, sd: dict) -> list[Sample]:
             raise DataError(f"{url}: the checkpoint refers to member {max(members)} (epoch {epoch}), "
                             f"but the shard ends before it; was the shard changed?")
     return out
+
+
+# Measured with torch.save of real states (tests/data/test_data_state_size.py keeps these
+# an upper bound within 25%): per rank (layout, mixer, packer counters), per source
+# (counters), per reader slot (its RNG state of 625 ints, tensor headers).
+RANK_OVERHEAD, SOURCE_OVERHEAD, SLOT_OVERHEAD = 4096, 512, 5120
+ARRAY_BYTES_PER_TOKEN = 8  # the old layout: int32 ids + int32 labels per buffered token
+
+
+def stream_state_bytes(shuffle_buffer: int, num_workers: int, seq_len: int, n_sources: int = 1,
+                       pack_buffer: int = 64, tokens_per_sample: int | None = None,
+                       by_reference: bool = True) -> int:
+    """Upper bound of one rank's serialized data stream state, with every shuffle buffer full.
+
+    Every source has `num_workers` reader slots, each buffering `shuffle_buffer` samples,
+    and the packer holds `pack_buffer` more. By reference (this version) a sample costs
+    REF_BYTES whatever its length; with `by_reference=False` it counts the previous layout,
+    which stored each sample's ids and labels (`tokens_per_sample`, at most seq_len, the
+    default) - for `delia plan` to show what the change saves."""
+    slots = n_sources * max(1, num_workers)
+    if by_reference:
+        per_sample = REF_BYTES
+    else:
+        per_sample = ARRAY_BYTES_PER_TOKEN * min(seq_len, tokens_per_sample or seq_len) + 3 * 8
+    return (RANK_OVERHEAD + n_sources * SOURCE_OVERHEAD + slots * SLOT_OVERHEAD
+            + (slots * shuffle_buffer + pack_buffer) * per_sample)
