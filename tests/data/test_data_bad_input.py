@@ -176,3 +176,27 @@ def test_overlong_skip_counted(tmp_path, tiny_tokenizer):
                                 tiny_tokenizer)
     list(stream)
     assert stream.stats()["o"]["skipped"] == {"overlong": 1}
+
+
+@pytest.mark.parametrize("where", ["next_header", "next_member_data", "last_member_data"])
+def test_truncated_tar_keeps_every_complete_sample(tmp_path, tiny_tokenizer, where):
+    """With bad_shards: skip, a cut shard gives every sample whose members all precede the
+    cut, then one counted skip."""
+    d = tmp_path / "cut"
+    write_shards(d, tiny_tokenizer, chat_records(20), max_shard_bytes=1 << 30)
+    shard = d / "shard-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    k = 11  # samples 0..k-1 are complete before the cut
+    first_of_next, last_of_prev = members[3 * k], members[3 * k - 1]
+    cut = {"next_header": first_of_next.offset + 100,
+           "next_member_data": first_of_next.offset_data + first_of_next.size // 2,
+           "last_member_data": last_of_prev.offset_data + last_of_prev.size // 2}[where]
+    complete = k - 1 if where == "last_member_data" else k
+    shard.write_bytes(shard.read_bytes()[:cut])
+    cfg = data_cfg([("c", d / "manifest.json", 1.0, {"on_exhausted": "stop"})], pack="none",
+                   bad_shards="skip", seq_len=512)
+    stream = build_train_stream(cfg, tiny_tokenizer)
+    assert len(list(stream)) == complete
+    st = stream.stats()["c"]
+    assert st["samples"] == complete and st["skipped"] == {"corrupt_shard": 1}
