@@ -95,6 +95,11 @@ def decode(rules: DecodeRules, url: str, key: str, parts: dict, epoch: int) -> D
             record, bad = _parse(raw, where)
             if bad:
                 return bad
+        if rules.check_json:
+            try:
+                to_messages(record)
+            except RecordError as e:
+                return Skip(e.reason, f"{where}.json", str(e))
         if rules.paraphrases:
             choices = rules.paraphrases.get(record.get("instruction")) if isinstance(record, dict) else None
             if choices:

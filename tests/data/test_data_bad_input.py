@@ -200,3 +200,30 @@ def test_truncated_tar_keeps_every_complete_sample(tmp_path, tiny_tokenizer, whe
     assert len(list(stream)) == complete
     st = stream.stats()["c"]
     assert st["samples"] == complete and st["skipped"] == {"corrupt_shard": 1}
+
+
+def test_inspect_counts_bad_members_by_reason(tmp_path, tiny_tokenizer, tiny_tokenizer_dir, capsys):
+    """`delia data inspect` decodes as training does: a shard with bad members is not clean."""
+    from delia_dist.cli import main
+    record = chat_records(1)[0]
+    ok = good_parts(record=record)
+    samples = [("c0", ok),
+               ("c1", {**ok, "json": b'{"messages": "caf\xe9"}'}),       # Latin-1, not UTF-8
+               ("c2", {**ok, "json": b'{"messages": [}'}),                # malformed JSON
+               ("c3", {**ok, "json": json.dumps({"messages": []}).encode()}),  # no messages
+               ("c4", {**ok, "ids": b"\x01\x02\x03"}),                    # not whole int32s
+               ("c5", good_parts(record=record, mask=(0,) * 8)),          # nothing to learn
+               ("c6", ok)]
+    raw_shard(tmp_path / "s-0.tar", samples)
+    m = manifest_for(tmp_path, tiny_tokenizer, {"s-0.tar": 7})
+    assert main(["data", "inspect", str(m), "--tokenizer", str(tiny_tokenizer_dir), "-n", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "read 7 samples" in out and "5 bad (bad_ids 1, bad_json 1, bad_record 1, bad_utf8 1, " \
+                                        "no_loss_tokens 1)" in out, out
+    assert "s-0.tar member c1.json" in out and "not valid UTF-8" in out
+
+    data = (tmp_path / "s-0.tar").read_bytes()
+    (tmp_path / "s-0.tar").write_bytes(data[:len(data) // 2])
+    assert main(["data", "inspect", str(m)]) == 1
+    out = capsys.readouterr().out
+    assert "corrupt_shard 1" in out and "s-0.tar" in out
