@@ -11,10 +11,10 @@ import logging
 
 import numpy as np
 
+from .decode import IGNORE, DecodeRules
 from .errors import DataError
 from .mixer import TokenMixer
 from .packer import Packer
-from .decode import IGNORE, DecodeRules
 from .reader import SourcePolicy, SourceStream
 from .records import fingerprint
 from .refs import load_samples

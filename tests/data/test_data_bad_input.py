@@ -10,10 +10,10 @@ import tarfile
 
 import numpy as np
 import pytest
+from datakit import chat_records, data_cfg, write_shards
 
 from delia_dist.data import DataError, build_train_stream
 from delia_dist.data.records import tokenizer_info
-from datakit import chat_records, data_cfg, write_shards
 
 
 def raw_shard(path, samples):

@@ -3,14 +3,15 @@ trains every sample of the epoch exactly once, and the mix carries on."""
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from datakit import data_cfg
 
 from delia_dist.data import DataError, build_train_stream, remap_stream_states
-from datakit import data_cfg
 
 WORKERS = 2
 
@@ -56,7 +57,6 @@ def test_resized_epoch_trains_each_sample_once(shard_sets, tiny_tokenizer, sourc
     cfg = data_cfg([(source, shard_sets[source], 1.0, {"on_exhausted": "stop"})], seq_len=256, pack=pack)
     full = Counter()
     run(streams(cfg, tiny_tokenizer, 1)[0], 10**6, full)
-    import json
     assert sum(full.values()) == json.loads(shard_sets[source].read_text())["samples"]
 
     trained = Counter()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from datakit import data_cfg
 
 from delia_dist.config import load_config
 from delia_dist.data import build_train_stream, stream_state_bytes
-from datakit import data_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 
