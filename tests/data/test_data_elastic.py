@@ -123,3 +123,29 @@ def test_changed_sources_or_seq_len_name_the_difference(shard_sets, tiny_tokeniz
         streams(other_src, tiny_tokenizer, 1, states)
     with pytest.raises(DataError, match="out of order"):
         remap_stream_states([old[1].state_dict(), old[0].state_dict()], 1)
+
+
+@pytest.mark.parametrize("new_world", [1, 3])
+def test_resize_while_slots_are_in_different_epochs(shard_sets, tiny_tokenizer, new_world):
+    """Slots with fewer shards start epoch 1 while others still read epoch 0: the rest of
+    both epochs is dealt out, so over 2 epochs every sample is trained exactly twice."""
+    cfg = data_cfg([("long", shard_sets["long"], 1.0, {"max_epochs": 2})], seq_len=256, pack="none",
+                   shuffle_buffer=4)
+    full = Counter()
+    run(streams(cfg, tiny_tokenizer, 1)[0], 10**6, full)
+    assert set(full.values()) == {2}
+
+    trained = Counter()
+    old = streams(cfg, tiny_tokenizer, 2)
+    for _ in range(400):
+        for s in old:
+            run(s, 1, trained)
+        epochs = {r["epoch"] for s in old for r in s.state_dict()["sources"][0]["readers"]}
+        if len(epochs) > 1:
+            break
+    assert epochs == {0, 1}
+    new = streams(cfg, tiny_tokenizer, new_world, remap_stream_states([s.state_dict() for s in old], new_world))
+    for s in new:
+        run(s, 10**6, trained)
+    assert trained == full
+    assert all(s.stats()["long"]["epochs"] == 2 for s in new)
