@@ -1,7 +1,9 @@
 """Streaming training data: shards -> per-rank readers -> token-budget mixer -> packer.
 
 `ShardWriter` writes tokenized webdataset shards with a manifest; `build_train_stream`
-returns the resumable stream of packed micro-batches the trainer consumes.
+returns the resumable stream of packed micro-batches the trainer consumes. Its state keeps
+buffered samples as references to shard members (`stream_state_bytes` sizes it), and
+`remap_stream_states` carries the states of N ranks over to M ranks mid-epoch.
 
 Stored ids vs. the training tokenizer: every shard keeps the record JSON beside its ids.
 Ids are used as stored when the manifest's tokenizer fingerprint equals the training

@@ -90,15 +90,19 @@ def remap_source(layout: dict, index: int, old_readers: list[dict], n_new: int) 
             for mine, buf in zip(_deal(items, n_new), _deal(buffered, n_new))]
 
 
-def remap_stream_states(old_states: list[dict], new_world_size: int) -> list[dict]:
+def remap_stream_states(old_states: list[dict], new_world_size: int,
+                        num_workers: int | None = None) -> list[dict]:
     """One stream state per new rank from every old rank's state (index = old rank), such
-    that the epoch in progress is finished exactly once across the new ranks."""
+    that the epoch in progress is finished exactly once across the new ranks. `num_workers`
+    changes the reader slots per rank too (default: as saved)."""
     layout = _check(old_states, new_world_size)
-    if new_world_size == len(old_states):
+    old_workers, n_src = layout["workers"], len(layout["sources"])
+    workers = old_workers if num_workers is None else max(1, num_workers)
+    if new_world_size == len(old_states) and workers == old_workers:
         return [copy.deepcopy(sd) for sd in old_states]
-    workers, n_src = layout["workers"], len(layout["sources"])
     n_new = new_world_size * workers
-    new = [{"version": STATE_VERSION, "layout": dict(layout, rank=r, world_size=new_world_size),
+    new = [{"version": STATE_VERSION,
+            "layout": dict(layout, rank=r, world_size=new_world_size, workers=workers),
             "done": all(sd["done"] for sd in old_states), "sources": [], "mixer": {}, "packer": {}}
            for r in range(new_world_size)]
     for i in range(n_src):

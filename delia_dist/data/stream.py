@@ -2,8 +2,8 @@
 
 One TrainStream per rank; it knows its rank only as plain arguments. Everything it holds
 (reader positions and shuffle buffers per worker, mixer counters, packer leftovers, skip
-counters) is in state_dict(), so a restored stream yields exactly the batches an
-uninterrupted one would have.
+counters; buffered samples by reference) is in state_dict(), so a restored stream yields
+exactly the batches an uninterrupted one would have.
 """
 from __future__ import annotations
 

@@ -31,11 +31,11 @@ def sample_keys(batch):
             yield tuple(ids[r][seg[r] == k].tolist())
 
 
-def streams(cfg, tok, world, states=None):
+def streams(cfg, tok, world, states=None, workers=WORKERS):
     out = []
     for rank in range(world):
         s = build_train_stream(cfg, tok, rank=rank, world_size=world, micro_batch_size=2,
-                               num_workers=WORKERS)
+                               num_workers=workers)
         if states is not None:
             s.load_state_dict(roundtrip(states[rank]))
         out.append(s)
@@ -149,3 +149,19 @@ def test_resize_while_slots_are_in_different_epochs(shard_sets, tiny_tokenizer, 
         run(s, 10**6, trained)
     assert trained == full
     assert all(s.stats()["long"]["epochs"] == 2 for s in new)
+
+
+def test_resize_with_other_worker_count(shard_sets, tiny_tokenizer):
+    """2 ranks x 2 workers -> 3 ranks x 1 worker (a node type with fewer cores)."""
+    cfg = data_cfg([("long", shard_sets["long"], 1.0, {"on_exhausted": "stop"})], seq_len=256)
+    full, trained = Counter(), Counter()
+    run(streams(cfg, tiny_tokenizer, 1)[0], 10**6, full)
+    old = streams(cfg, tiny_tokenizer, 2)
+    for s in old:
+        run(s, 3, trained)
+    states = remap_stream_states([s.state_dict() for s in old], 3, num_workers=1)
+    with pytest.raises(DataError, match="workers: checkpoint 1, config 2"):
+        streams(cfg, tiny_tokenizer, 3, states)
+    for s in streams(cfg, tiny_tokenizer, 3, states, workers=1):
+        run(s, 10**6, trained)
+    assert trained == full
