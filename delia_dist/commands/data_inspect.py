@@ -32,6 +32,7 @@ def run(args) -> int:
     from ..data.errors import DataError
     from ..data.shards import iter_shard
     from ..data.sources import load_tokenizer, resolve_shards
+    from ..data.stream import check_tokenizer
 
     urls, manifest, where = resolve_shards(args.shards)
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
@@ -40,9 +41,11 @@ def run(args) -> int:
               f"{manifest['tokens']} tokens; tokenizer {manifest['tokenizer']}")
     expected = {s["url"]: s["samples"] for s in manifest["shards"]} if manifest else {}
     vocab = len(tok) if tok is not None else ((manifest or {}).get("tokenizer") or {}).get("vocab_size")
+    # as training: a tokenizer that differs from the shards' is an error, added tokens re-tokenize
+    added = check_tokenizer(args.shards, where, manifest, tok) if tok is not None else []
     # no seq_len here: overlong samples are truncated in training, not bad
     rules = DecodeRules(source=0, name="inspect", seed=0, vocab_size=vocab or 2**31 - 1, seq_len=2**31 - 1,
-                        check_json=True)
+                        tokenizer=tok, added_tokens=tuple(t.encode() for t in added), check_json=True)
     bad: dict[str, int] = {}
 
     def count(reason: str, message: str):

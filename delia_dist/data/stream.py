@@ -24,41 +24,41 @@ log = logging.getLogger("delia_dist.data")
 STATE_VERSION = 2  # 2: buffered samples by reference, reader plans of tasks
 
 
-def check_tokenizer(source: str, where: str, manifest: dict | None, tokenizer) -> tuple[str, list[str]]:
-    """How to treat a source's stored ids: ("never", []) when they match the training
-    tokenizer, ("added", new_tokens) when the training tokenizer only gained tokens since
-    sharding (records containing those get re-tokenized). Any other difference is an error."""
+def check_tokenizer(source: str, where: str, manifest: dict | None, tokenizer) -> list[str]:
+    """Tokens the training tokenizer added since sharding: [] when the stored ids match it
+    as they are; otherwise records containing these get re-tokenized. Any other difference
+    is an error."""
     if manifest is None:
         log.warning("source %s: %s has no manifest; stored ids are only range-checked "
                     "against the training tokenizer", source, where)
-        return "never", []
+        return []
     info = manifest.get("tokenizer") or {}
     theirs, n = info.get("fingerprint"), info.get("vocab_size")
     ours = fingerprint(tokenizer)
     if theirs == ours:
-        return "never", []
+        return []
     if isinstance(n, int) and len(tokenizer) > n and fingerprint(tokenizer, upto=n) == theirs:
         vocab = tokenizer.get_vocab()
         added = sorted((i, t) for t, i in vocab.items() if i >= n)
-        return "added", [t for _, t in added]
+        return [t for _, t in added]
     raise DataError(f"source {source}: tokenizer mismatch: {where} was sharded with tokenizer "
                     f"{info.get('name_or_path')!r} (fingerprint {theirs}, {n} tokens) but training "
                     f"uses {getattr(tokenizer, 'name_or_path', '?')!r} (fingerprint {ours}, "
                     f"{len(tokenizer)} tokens); re-run `delia data shard` with the training tokenizer")
 
 
-def source_policy(index: int, s, cfg, tokenizer, check_json: bool = False) -> SourcePolicy:
+def source_policy(index: int, s, cfg, tokenizer) -> SourcePolicy:
     """Source `s` of data config `cfg` as the readers see it: its shards and fixed rules."""
     urls, manifest, where = resolve_shards(s.shards)
     if not urls:
         raise DataError(f"source {s.name}: {where} lists no shards")
-    _, added = check_tokenizer(s.name, where, manifest, tokenizer)
+    added = check_tokenizer(s.name, where, manifest, tokenizer)
     max_epochs = s.max_epochs if s.max_epochs is not None else (1 if s.on_exhausted == "stop" else None)
     rules = DecodeRules(source=index, name=s.name, seed=cfg.seed, vocab_size=len(tokenizer),
                         seq_len=cfg.seq_len, tokenizer=tokenizer,
                         added_tokens=tuple(t.encode() for t in added),
                         paraphrases=load_paraphrases(s.paraphrases) if s.paraphrases else None,
-                        overlong=cfg.overlong, split_samples=cfg.split_samples, check_json=check_json)
+                        overlong=cfg.overlong, split_samples=cfg.split_samples)
     return SourcePolicy(index=index, name=s.name, urls=tuple(urls), rules=rules,
                         expected={sh["url"]: sh["samples"] for sh in manifest["shards"]} if manifest else {},
                         max_epochs=max_epochs, bad_records=cfg.bad_records, bad_shards=cfg.bad_shards,
