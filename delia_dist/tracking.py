@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from .redact import _env_secrets, redact, redact_text
+from .redact import env_secrets, redact, redact_text
 
 log = logging.getLogger("delia.tracking")
 MAX_PARAM_LEN = 6000       # MLflow's limit on a param value
@@ -93,7 +93,7 @@ def run_gone(e: Exception) -> bool:
 
 def scrub_copy(src: Path, dst: Path) -> None:
     """Copy a text artifact line by line through redact_text, so size does not matter."""
-    secrets = _env_secrets()
+    secrets = env_secrets()
     with open(src, encoding="utf-8", errors="replace", newline="") as fin, \
             open(dst, "w", encoding="utf-8", newline="") as fout:
         for line in fin:
