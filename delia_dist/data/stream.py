@@ -46,7 +46,10 @@ def check_tokenizer(source: str, where: str, manifest: dict | None, tokenizer) -
 
 
 class TrainStream:
-    """Iterate for dicts of [micro_batch_size, seq_len] tensors (see CONTRACTS.md)."""
+    """Iterate for dicts of [micro_batch_size, seq_len] tensors: input_ids; labels (-100
+    where there is no loss); position_ids, restarting with each packed sample; segment_ids
+    (1, 2, ... per packed sample, 0 for padding); source_ids (the source's index, -1 for
+    padding)."""
 
     def __init__(self, cfg, tokenizer, rank: int = 0, world_size: int = 1, micro_batch_size: int = 1,
                  num_workers: int | None = None):
