@@ -87,6 +87,11 @@ class Tracker:
         """
         if not self.enabled:
             return
+        # Imported here, once, before the sender and sampler threads: two threads importing
+        # mlflow at the same moment can each see it half-initialized.
+        import mlflow.system_metrics.metrics.cpu_monitor  # noqa: F401
+        import mlflow.tracking  # noqa: F401
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._uri = default_uri(self.cfg, self.run_dir)
         all_tags = {k: str(v) for k, v in {**self.cfg.tags, **(tags or {})}.items()}
