@@ -1,14 +1,15 @@
 """Training steps while the MLflow server is up, then killed, then back; and what arrived.
 
 A step is fixed CPU work (matrix products) followed by log_metrics of a trainer-sized
-record (and a tag every 50 steps, as a checkpoint would). Phases, each `--steps` steps:
-  no-tracking   tracking disabled (the floor)
-  server-up     a real `mlflow server` on loopback
-  server-down   the same server killed with SIGKILL mid-run
-then the server is started again on the same store and the tracker flushed. Prints
-seconds per phase and down/up; exits 1 if any value is missing or stored twice.
+record (and a tag every 50 steps, as a checkpoint would). Phases:
+  no-tracking   `--steps` steps, tracking disabled (the floor)
+  server-up     `--steps` steps with a real `mlflow server` on loopback
+  server-down   `--down-steps` steps after the server was killed with SIGKILL; long
+                enough by default (40k values) to pass the old in-memory queue (20k)
+then the server is started again on the same store and the tracker flushed. Prints ms
+per step per phase and down/up; exits 1 if any value is missing or stored twice.
 
-  .venv/bin/python bench/bench_tracking.py --steps 300
+  .venv/bin/python bench/bench_tracking.py
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def run_steps(tracker: Tracker, first: int, n: int, work: torch.Tensor) -> float
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--down-steps", type=int, default=2500)
     ap.add_argument("--size", type=int, default=384, help="matrix size of the per-step work")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -91,7 +93,7 @@ def main() -> int:
     t_up = run_steps(tracker, 1, args.steps, work)
     os.killpg(server.pid, signal.SIGKILL)
     server.wait()
-    t_down = run_steps(tracker, args.steps + 1, args.steps, work)
+    t_down = run_steps(tracker, args.steps + 1, args.down_steps, work)
     server = start_server(root, port)
     t0 = time.perf_counter()
     delivered = tracker.flush(300)
@@ -99,19 +101,20 @@ def main() -> int:
     tracker.close()
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
-    n = 2 * args.steps
+    n = args.steps + args.down_steps
     bad = []
     for key in record(1):
         steps = [m.step for m in client.get_metric_history(tracker.run_id, key)]
         if sorted(steps) != list(range(1, n + 1)):
             bad.append(f"{key}: {len(steps)} values, {len(set(steps))} distinct steps, want {n}")
     os.killpg(server.pid, signal.SIGKILL)
-    per = 1000 / args.steps
-    print(f"{args.steps} steps per phase, {len(record(1))} metrics per step, step work {args.size}^3 x 4")
-    print(f"no-tracking  {t_off:7.2f} s  ({t_off * per:6.2f} ms/step)")
-    print(f"server-up    {t_up:7.2f} s  ({t_up * per:6.2f} ms/step)")
-    print(f"server-down  {t_down:7.2f} s  ({t_down * per:6.2f} ms/step)")
-    print(f"down/up {t_down / t_up:.2f}x   up/no-tracking {t_up / t_off:.2f}x   flush after restart {t_flush:.1f} s "
+    off, up, down = (1000 * t / k for t, k in ((t_off, args.steps), (t_up, args.steps), (t_down, args.down_steps)))
+    print(f"{len(record(1))} metrics per step, step work {args.size}^3 x 4")
+    print(f"no-tracking  {args.steps:5d} steps {t_off:7.2f} s  {off:6.2f} ms/step")
+    print(f"server-up    {args.steps:5d} steps {t_up:7.2f} s  {up:6.2f} ms/step")
+    print(f"server-down  {args.down_steps:5d} steps {t_down:7.2f} s  {down:6.2f} ms/step")
+    print(f"per step: down/up {down / up:.2f}x  down/no-tracking {down / off:.2f}x  up/no-tracking {up / off:.2f}x; "
+          f"flush after restart {t_flush:.1f} s "
           f"({'all delivered' if delivered else 'NOT delivered'})")
     print("stored: " + ("every value exactly once" if not bad else "; ".join(bad)))
     return 0 if delivered and not bad else 1
