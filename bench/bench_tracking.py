@@ -2,12 +2,14 @@
 
 A step is fixed CPU work (matrix products) followed by log_metrics of a trainer-sized
 record (and a tag every 50 steps, as a checkpoint would). Phases:
-  no-tracking   `--steps` steps, tracking disabled (the floor)
   server-up     `--steps` steps with a real `mlflow server` on loopback
   server-down   `--down-steps` steps after the server was killed with SIGKILL; long
                 enough by default (40k values) to pass the old in-memory queue (20k)
-then the server is started again on the same store and the tracker flushed. Prints ms
-per step per phase and down/up; exits 1 if any value is missing or stored twice.
+then the server is started again on the same store and the tracker flushed. Within each
+phase, blocks of 50 logged steps alternate with 50 steps of the same work that log
+nothing, so each phase's cost of tracking is measured under the same machine load (a
+shared machine's load swings more than the effect). Prints ms per step; exits 1 if any
+value is missing or stored twice.
 
   .venv/bin/python bench/bench_tracking.py
 """
@@ -59,15 +61,23 @@ def record(step: int) -> dict:
     return r
 
 
-def run_steps(tracker: Tracker, first: int, n: int, work: torch.Tensor) -> float:
-    t0 = time.perf_counter()
-    for step in range(first, first + n):
-        for _ in range(4):
-            work @ work
-        tracker.log_metrics(record(step), step)
-        if step % 50 == 0:
-            tracker.set_tags({"last_checkpoint": f"/ckpt/step_{step}"})
-    return time.perf_counter() - t0
+def run_steps(tracker: Tracker, first: int, n: int, work: torch.Tensor, block: int = 50) -> tuple[float, float]:
+    """(ms per logged step, ms per unlogged step), alternating blocks of each."""
+    logged = unlogged = 0.0
+    for start in range(first, first + n, block):
+        t0 = time.perf_counter()
+        for step in range(start, min(start + block, first + n)):
+            for _ in range(4):
+                work @ work
+            tracker.log_metrics(record(step), step)
+            if step % 50 == 0:
+                tracker.set_tags({"last_checkpoint": f"/ckpt/step_{step}"})
+        t1 = time.perf_counter()
+        for _ in range(start, min(start + block, first + n)):
+            for _ in range(4):
+                work @ work
+        logged, unlogged = logged + t1 - t0, unlogged + time.perf_counter() - t1
+    return 1000 * logged / n, 1000 * unlogged / n
 
 
 def main() -> int:
@@ -85,15 +95,13 @@ def main() -> int:
     server = start_server(root, port)
     uri = f"http://127.0.0.1:{port}"
 
-    off = Tracker(TrackingConfig(enabled=False), root / "off", enabled=False)
-    run_steps(off, 1, 20, work)  # warm-up
-    t_off = run_steps(off, 1, args.steps, work)
+    run_steps(Tracker(TrackingConfig(enabled=False), root / "off", enabled=False), 1, 50, work)  # warm-up
     tracker = Tracker(TrackingConfig(uri=uri, experiment="bench"), root / "run", enabled=True)
     tracker.start({"bench": "tracking"}, wait_s=60)
-    t_up = run_steps(tracker, 1, args.steps, work)
+    up, up_off = run_steps(tracker, 1, args.steps, work)
     os.killpg(server.pid, signal.SIGKILL)
     server.wait()
-    t_down = run_steps(tracker, args.steps + 1, args.down_steps, work)
+    down, down_off = run_steps(tracker, args.steps + 1, args.down_steps, work)
     server = start_server(root, port)
     t0 = time.perf_counter()
     delivered = tracker.flush(300)
@@ -108,12 +116,10 @@ def main() -> int:
         if sorted(steps) != list(range(1, n + 1)):
             bad.append(f"{key}: {len(steps)} values, {len(set(steps))} distinct steps, want {n}")
     os.killpg(server.pid, signal.SIGKILL)
-    off, up, down = (1000 * t / k for t, k in ((t_off, args.steps), (t_up, args.steps), (t_down, args.down_steps)))
-    print(f"{len(record(1))} metrics per step, step work {args.size}^3 x 4")
-    print(f"no-tracking  {args.steps:5d} steps {t_off:7.2f} s  {off:6.2f} ms/step")
-    print(f"server-up    {args.steps:5d} steps {t_up:7.2f} s  {up:6.2f} ms/step")
-    print(f"server-down  {args.down_steps:5d} steps {t_down:7.2f} s  {down:6.2f} ms/step")
-    print(f"per step: down/up {down / up:.2f}x  down/no-tracking {down / off:.2f}x  up/no-tracking {up / off:.2f}x; "
+    print(f"{len(record(1))} metrics per step, step work {args.size}^3 x 4; ms per step, logged / same work unlogged")
+    print(f"server-up    {args.steps:5d} steps  {up:6.2f} / {up_off:6.2f}  = {up / up_off:.2f}x")
+    print(f"server-down  {args.down_steps:5d} steps  {down:6.2f} / {down_off:6.2f}  = {down / down_off:.2f}x")
+    print(f"logged steps, down/up: {down / up:.2f}x raw, {(down / down_off) / (up / up_off):.2f}x load-corrected; "
           f"flush after restart {t_flush:.1f} s "
           f"({'all delivered' if delivered else 'NOT delivered'})")
     print("stored: " + ("every value exactly once" if not bad else "; ".join(bad)))
