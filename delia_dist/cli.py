@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+import traceback
 
 from . import commands
 from .config.errors import ConfigError
-from .errors import UserError
+from .errors import UserError, debug_enabled
 
 
 def _command_modules():
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="DELIA instruction tuning at scale: generate and shard data, mix it by "
                     "token budget, train under DeepSpeed ZeRO-3, track in MLflow, evaluate.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of errors that name their cause (also DELIA_DEBUG=1; "
+                             "training ranks inherit it)")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND")}
     parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
@@ -70,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     if run is None:
         (getattr(args, "_group", None) or parser).print_help()
         return 2
+    if args.debug:
+        os.environ["DELIA_DEBUG"] = "1"  # for the training ranks `delia train` starts
     try:
         return int(run(args) or 0)
-    except (ConfigError, UserError) as e:
+    except (ConfigError, UserError) as e:  # they name their cause: one line, no traceback
+        if debug_enabled():
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -85,8 +85,8 @@ def broadcast_object(obj, src: int = 0):
 
 
 def teardown() -> None:
-    """Destroy the process group; the launcher then exits with os._exit (see cpu-stack notes:
-    gloo's threads otherwise crash the interpreter at exit now and then)."""
+    """Destroy the process group; the launcher then exits with os._exit, because gloo's
+    background threads otherwise crash the interpreter at exit now and then."""
     if dist.is_initialized():
         try:
             dist.barrier()

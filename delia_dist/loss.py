@@ -45,7 +45,7 @@ class CausalLMWithLoss(torch.nn.Module):
         total, tokens = linear_cross_entropy(
             hidden.reshape(-1, hidden.shape[-1]), head.weight, labels.reshape(-1), bias=head.bias,
             reduction="sum", label_smoothing=c.label_smoothing, z_loss=c.z_loss, softcap=c.softcap,
-            impl=IMPLS[c.impl], chunk_size=c.chunk_size, return_token_losses=True, grad_accum=c.grad_accum)
+            impl=IMPLS[c.impl], chunk_size=c.chunk_size, return_token_losses=True, grad_accum=c.head_grad_dtype)
         return total, tokens.view(labels.shape)
 
 

@@ -2,8 +2,8 @@
 
 Under ZeRO-3 the rows must be written before deepspeed.initialize: the optimizer keeps
 an fp32 master copy made at initialize, and any later write to the bf16/fp32 partitions
-is silently undone by the first step (see shared notes). So this runs on the model
-before it is wrapped, on every rank, with identical results.
+is silently undone by the first step, when the optimizer copies its master weights back.
+So this runs on the model before it is wrapped, on every rank, with identical results.
 """
 from __future__ import annotations
 

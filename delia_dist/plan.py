@@ -17,7 +17,7 @@ Memory per GPU (GB = 1e9 bytes), for Llama-shaped decoders:
 - logits: unfused, b*s*V in bf16 plus fp32 copies for softmax and its gradient (10 B per
   value); fused (chunked linear+CE), a chunk x V buffer (compute dtype) that the gradient
   replaces in place, room for one more, plus the fp32
-  V x H weight-gradient accumulator (none with loss.grad_accum: input).
+  V x H weight-gradient accumulator (none with loss.head_grad_dtype: input).
 - a fixed allowance for the CUDA context, NCCL buffers and allocator fragmentation.
 Throughput: tokens/s = MFU * peak FLOP/s * GPUs / (6 * N_matmul + 12 * L * H * s), with
 N_matmul the parameters that take part in matmuls (all but the input embedding).
@@ -263,7 +263,7 @@ def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: fl
     if fused:
         from kernels.linear_ce import chunk_rows
         chunk = chunk_rows(tokens, arch.vocab, cfg.loss.chunk_size, w_bytes)
-        accum = 4 if cfg.loss.grad_accum == "fp32" else 0  # "input": summed into the bf16 grad itself
+        accum = 4 if cfg.loss.head_grad_dtype == "fp32" else 0  # "input": summed into the bf16 grad itself
         logits = 2 * chunk * arch.vocab * w_bytes + arch.vocab * arch.hidden * accum + tokens * arch.hidden * 2
     else:
         logits = tokens * arch.vocab * 10
@@ -305,8 +305,8 @@ def _formulas(arch: Architecture, cfg, mixed: bool, world: int, fused: bool, chu
     else:
         acts = f"b*s*L*{per_layer} B (every layer's saved tensors; checkpointed: b*s*(L*H*2 + one layer))"
     if fused:
-        vh = ("V*H*4 (fp32 head-gradient sum; loss.grad_accum: input drops it)" if cfg.loss.grad_accum == "fp32"
-              else "0*V*H (loss.grad_accum: input sums into the bf16 gradient)")
+        vh = ("V*H*4 (fp32 head-gradient sum; loss.head_grad_dtype: input drops it)" if cfg.loss.head_grad_dtype == "fp32"
+              else "0*V*H (loss.head_grad_dtype: input sums into the bf16 gradient)")
         logits = (f"fused: 2*chunk*V*{2 if mixed else 4} (logits/gradient buffer + GEMM workspace) + {vh} + b*s*H*2 B, chunk {chunk}, V {v} "
                   f"(unfused would be b*s*V*10 = {b * s * v * 10 / GB:.1f} GB)")
     else:
@@ -314,7 +314,7 @@ def _formulas(arch: Architecture, cfg, mixed: bool, world: int, fused: bool, chu
     return [f"model states  {states}, ZeRO-{stage}: {sharded}",
             f"activations   {acts}, b {b}, s {s}, L {n_layers}",
             f"logits        {logits}",
-            f"FLOPs/token   6*N_matmul + 12*L*H*s (N_matmul: all params but the input embedding, a lookup)"]
+            "FLOPs/token   6*N_matmul + 12*L*H*s (N_matmul: all params but the input embedding, a lookup)"]
 
 
 def _advice(p: Plan, arch: Architecture, cfg, mem: dict[str, float], capacity: float, world: int,

@@ -6,8 +6,11 @@ api_key/access_key/..., and `*_token` unless it names a tokenizer role. So `sep_
 `api_key_env` (the NAME of a variable) stay readable, while `hf_token`, `access_token`,
 `auth_token` and `api_token` are masked. A special-token value (<sep>, [PAD], <|eot_id|>)
 is never a secret. Independently of keys, a value is masked wherever it appears when it
-is the value of a secret-named environment variable, looks like a provider key (sk-...,
-hf_..., ghp_...), or is the user:password part of a URL.
+looks like a provider key (sk-..., hf_..., ghp_...), is the user:password part of a URL,
+or is the value of a secret-named environment variable that is itself secret-like (long,
+one word, not a path, mixed characters): a variable such as MUNGE_AUTH=runs or
+GOOGLE_APPLICATION_CREDENTIALS=/home/u/gcp.json must not cut `***` into every path
+that happens to contain its value.
 """
 from __future__ import annotations
 
@@ -51,8 +54,18 @@ def is_secret_key(key: str) -> bool:
     return last in _SECRET_LAST
 
 
-def _env_secrets() -> list[str]:
-    return sorted((v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= 6),
+def secret_like(value: str) -> bool:
+    """Long, one word, not a path or URL, and mixing character classes as generated keys
+    and passwords do: only such a value is safe to replace wherever it appears."""
+    if len(value) < 12 or any(c.isspace() for c in value) or value.startswith(("/", "~", ".")) or "://" in value:
+        return False
+    classes = sum((any(c.islower() for c in value), any(c.isupper() for c in value),
+                   any(c.isdigit() for c in value), any(not c.isalnum() for c in value)))
+    return classes >= 3 or (classes == 2 and len(value) >= 20)
+
+
+def env_secrets() -> list[str]:
+    return sorted((v for k, v in os.environ.items() if is_secret_key(k) and secret_like(v)),
                   key=len, reverse=True)
 
 
@@ -70,7 +83,7 @@ def _mask_key_value(m: re.Match) -> str:
 
 
 def redact_text(text: str, secrets: list[str] | None = None) -> str:
-    for value in _env_secrets() if secrets is None else secrets:
+    for value in env_secrets() if secrets is None else secrets:
         text = text.replace(value, REDACTED)
     text = _URL_CREDS.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
     text = _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
@@ -80,7 +93,7 @@ def redact_text(text: str, secrets: list[str] | None = None) -> str:
 
 def redact(obj: Any, key: str = "", secrets: list[str] | None = None) -> Any:
     """A copy of obj with secret-named keys blanked and secret-looking values masked."""
-    secrets = _env_secrets() if secrets is None else secrets
+    secrets = env_secrets() if secrets is None else secrets
     if isinstance(obj, dict):
         vocab = key in _TOKEN_LISTS
         return {k: (REDACTED if not (vocab and k == "token") and is_secret_key(str(k)) and _secret_value(v)

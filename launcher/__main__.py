@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import traceback
+from pathlib import Path
 
 from .env import DistEnv, EnvError, detect_env
 from .signals import StopFlag
@@ -39,18 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train(args, env: DistEnv, stop: StopFlag) -> int:
     """Run the trainer on this rank and return the exit code; never raises."""
+    cfg = None
     try:
         from delia_dist.config import load_config
         from delia_dist.trainer import run_training
         cfg = load_config(args.config, args.overrides, check_paths=True)
         result = run_training(cfg, env, stop_requested=stop.is_set, timeout_s=args.timeout)
-    except Exception as e:  # one line for users, the traceback for whoever debugs it
-        from delia_dist.config import ConfigError
-        if isinstance(e, ConfigError):
-            print(f"[rank {env.rank}] error: {e}", file=sys.stderr, flush=True)
-        else:
-            print(f"[rank {env.rank}] training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            traceback.print_exc()
+    except Exception as e:
+        run_dir = getattr(cfg, "run_dir", None)
+        report_failure(e, env, Path(run_dir) if run_dir else None)
         return EXIT_FAILED
     code = EXIT_PREEMPTED if result.status == "preempted" else EXIT_DONE
     if env.is_main:
@@ -61,6 +59,54 @@ def train(args, env: DistEnv, stop: StopFlag) -> int:
                 json.dump({"status": result.status, "step": result.step, "checkpoint": result.checkpoint,
                            "run_id": result.run_id, "exit_code": code}, f)
     return code
+
+
+def report_failure(e: Exception, env: DistEnv, run_dir: Path | None) -> None:
+    """One line for an error that names its cause (ConfigError, UserError, DataError), from
+    one rank: with 64 ranks the same message 64 times, each with a traceback, buries it.
+
+    The first failing rank claims <run_dir>/failures/<launch>.txt (run_dir is shared by
+    every rank: checkpoints go there) and prints; a rank failing later with the same
+    message stays quiet, and one failing otherwise (a collective that lost its peer)
+    prints one line naming the rank that failed first. Tracebacks: for errors that do not
+    name a cause (bugs) on the first rank, and everywhere with DELIA_DEBUG=1."""
+    from delia_dist.config import ConfigError
+    from delia_dist.errors import UserError, debug_enabled
+
+    named = isinstance(e, (ConfigError, UserError))
+    line = f"error: {e}" if named else f"training failed: {type(e).__name__}: {e}"
+    if run_dir is None:  # no shared directory yet; a bad config is the same on every rank
+        first, shown = env.rank == 0 or not isinstance(e, ConfigError), line
+    else:
+        first, shown = _claim_first(env, run_dir, line)
+    if debug_enabled() or first:
+        print(f"[rank {env.rank}] {line}", file=sys.stderr, flush=True)
+        if debug_enabled() or not named:
+            traceback.print_exc()
+    elif shown:
+        print(f"[rank {env.rank}] {shown}", file=sys.stderr, flush=True)
+
+
+def _claim_first(env: DistEnv, run_dir: Path, line: str) -> tuple[bool, str]:
+    """(True, line) for the first failing rank of this launch; for a later one, the line it
+    should print: empty when it repeats the first rank's message."""
+    launch = f"{env.job_id or 'local'}-{env.master_addr}-{env.master_port}-{env.restart_count}"
+    claim = run_dir / "failures" / f"{launch}.txt"
+    try:
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        tmp = claim.with_name(f".{launch}.rank{env.rank}")
+        tmp.write_text(f"{env.rank}\n{line}\n")
+        try:
+            os.link(tmp, claim)  # atomic: exactly one rank creates it, with its content
+            return True, line
+        except FileExistsError:
+            rank, _, first_line = claim.read_text().partition("\n")
+            return False, "" if first_line.strip() == line.strip() else \
+                f"stopped after rank {rank} failed ({line[:300]})"
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        return True, line  # no shared run dir to agree on: every rank speaks for itself
 
 
 def teardown(env: DistEnv, code: int) -> None:

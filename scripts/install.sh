@@ -25,13 +25,17 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
   KIND=cpu
 fi
-CONSTRAINTS=$ROOT/requirements/constraints-$KIND.txt
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip)
+# setup.py holds the pins; this file is them as pip constraints, for every install here
+# and for later ones by hand (pip install -c .venv/constraints.txt PKG==VER).
+CONSTRAINTS=$VENV/constraints.txt
+"$VENV/bin/python" scripts/constraints.py > "$CONSTRAINTS.tmp"
+mv "$CONSTRAINTS.tmp" "$CONSTRAINTS"
 
-stamp_of() { cat setup.py requirements/*.txt "$0" scripts/install_vllm.sh | sha256sum | cut -c1-16; }
+stamp_of() { cat setup.py requirements/*.txt "$0" scripts/install_vllm.sh scripts/constraints.py | sha256sum | cut -c1-16; }
 STAMP=$VENV/.delia-install-$KIND-$(stamp_of)
 if [ ! -f "$STAMP" ]; then
   echo "[install] $KIND stack into $VENV (constraints: $CONSTRAINTS)"

@@ -135,3 +135,33 @@ def test_cli_prints_resolved_config_and_fails_cleanly(repo_root):
     assert bad.returncode == 2
     assert "train.lrr: unknown key; did you mean 'lr'?" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("section, key, message", [
+    ("loss", "grad_accum: input", "loss.grad_accum: renamed to loss.head_grad_dtype"),
+    ("train", "log_every: 5", "train.log_every: removed: it was never read; metrics are logged every "
+                              "tracking.log_every steps"),
+    ("data", "mix_window: 200", "data.mix_window: removed: nothing read it"),
+    ("data", "mix_tolerance: 0.05", "data.mix_tolerance: removed: nothing read it"),
+    ("tracking", "max_queue: 20000", "tracking.max_queue: removed: every value now goes to"),
+])
+def test_renamed_and_removed_keys_say_what_to_write(tmp_path, section, key, message):
+    text = BASE + f"{section}:\n  {key}\n" if section != "data" else BASE + f"  {key}\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert message in str(e.value) and f"{path}:" in str(e.value)
+    with pytest.raises(ConfigError, match="renamed to loss.head_grad_dtype"):
+        load_config(write(tmp_path, BASE, "base.yaml"), ["loss.grad_accum=input"])
+
+
+def test_config_saved_by_an_older_version_still_resumes(repo_root):
+    """A checkpoint's config written before the rename carries the value over; removed knobs are dropped."""
+    old = to_dict(load_config(repo_root / "configs/tiny_cpu.yaml"))
+    old["loss"]["grad_accum"] = old["loss"].pop("head_grad_dtype")
+    old["loss"]["grad_accum"] = "input"
+    old["train"]["log_every"] = 5
+    old["data"] |= {"mix_window": 200, "mix_tolerance": 0.05}
+    old["tracking"]["max_queue"] = 20000
+    cfg = config_from_dict(old)
+    assert cfg.loss.head_grad_dtype == "input" and not hasattr(cfg.train, "log_every")

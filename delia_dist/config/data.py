@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from .errors import ConfigValueError
 
@@ -42,9 +42,6 @@ class DataConfig:
     # Allow a sample to continue in the next sequence; off keeps samples whole (DELIA default).
     split_samples: bool = False
     overlong: Literal["truncate", "skip"] = "truncate"
-    # Each source's token share stays within this of its weight over any window of mix_window sequences.
-    mix_tolerance: float = 0.02
-    mix_window: int = 2000
     # Reader slots per rank (like DataLoader workers, read in turn in-process): shards are
     # split across ranks x workers, and the stream state keeps each slot's position.
     num_workers: int = 0
@@ -55,6 +52,10 @@ class DataConfig:
     # A corrupt or unreadable shard (truncated tar, bad gzip, failing pipe) stops the run
     # naming the file, or its remainder is dropped and counted.
     bad_shards: Literal["error", "skip"] = "error"
+
+    REMOVED: ClassVar[dict[str, str]] = {
+        k: "nothing read it; the mixer draws by token deficit, which keeps each source's token share within "
+           "about one sample of its weight at every step" for k in ("mix_tolerance", "mix_window")}
 
     def validate(self) -> None:
         if not self.sources:
@@ -75,5 +76,3 @@ class DataConfig:
             raise ConfigValueError("num_workers", "must be >= 0")
         if self.pack_buffer < 1:
             raise ConfigValueError("pack_buffer", "must be >= 1")
-        if not 0 < self.mix_tolerance < 1:
-            raise ConfigValueError("mix_tolerance", "must be in (0, 1)")

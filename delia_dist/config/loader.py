@@ -124,8 +124,10 @@ def _type_name(tp: Any) -> str:
 
 
 class _Builder:
-    def __init__(self, lines: _Lines, default_source: str):
-        self.lines, self.default_source = lines, default_source
+    def __init__(self, lines: _Lines, default_source: str, *, lenient: bool = False):
+        # lenient: a config saved by an older version (in a checkpoint) may hold keys that
+        # were renamed or removed since; they are carried over or dropped, not refused.
+        self.lines, self.default_source, self.lenient = lines, default_source, lenient
 
     def where(self, path: str) -> dict:
         source, line = self.lines.get(path, (self.default_source, None))
@@ -207,6 +209,7 @@ class _Builder:
             raise self.fail(path, f"expected a mapping (section {cls.__name__}), got {value!r}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        value = self.moved_keys(cls, value, path)
         for key in value:
             if key not in fields:
                 hint = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
@@ -222,6 +225,27 @@ class _Builder:
                 raise self.fail(sub, f"missing required value ({_type_name(hints[name])})")
         obj = cls(**kwargs)
         return obj
+
+    def moved_keys(self, cls: type, value: dict, path: str) -> dict:
+        """A section's RENAMED {old: new} and REMOVED {old: why} keys: an error that says
+        what to write instead, or (lenient) the value under its new name."""
+        renamed, removed = getattr(cls, "RENAMED", {}), getattr(cls, "REMOVED", {})
+        if not any(k in renamed or k in removed for k in value):
+            return value
+        out = {}
+        for key, v in value.items():
+            sub = f"{path}.{key}" if path else key
+            if key in renamed:
+                new = f"{path}.{renamed[key]}" if path else renamed[key]
+                if not self.lenient:
+                    raise self.fail(sub, f"renamed to {new}")
+                out.setdefault(renamed[key], v)
+            elif key in removed:
+                if not self.lenient:
+                    raise self.fail(sub, f"removed: {removed[key]}")
+            else:
+                out[key] = v
+        return out
 
 
 def _walk_validate(obj: Any, path: str, builder: _Builder) -> None:
@@ -302,7 +326,7 @@ def to_dict(obj: Any) -> Any:
 
 def from_dict(cls: type, data: dict) -> Any:
     """Rebuild a config from to_dict() output (e.g. from a checkpoint), validated."""
-    builder = _Builder(_Lines(), "<dict>")
+    builder = _Builder(_Lines(), "<dict>", lenient=True)
     obj = builder.build_dataclass(cls, data, "")
     _walk_validate(obj, "", builder)
     return obj

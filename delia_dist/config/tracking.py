@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from .errors import ConfigValueError
 
@@ -16,16 +16,19 @@ class TrackingConfig:
     run_name: Optional[str] = None
     log_every: int = 10
     # CPU/memory/disk/network (and NVIDIA GPU with pynvml) sampled every
-    # system_metrics_interval_s, sent through the same buffered queue as training metrics.
+    # system_metrics_interval_s, logged like training metrics (through the event log).
     system_metrics: bool = True
     system_metrics_interval_s: float = 30.0
     tags: dict[str, str] = field(default_factory=dict)
     # Delivery runs in a background thread; these bound what a slow or dead server costs.
     flush_interval_s: float = 2.0
     retry_after_s: float = 15.0      # wait after a failed request before trying again
-    http_timeout_s: int = 10         # per request (MLFLOW_HTTP_REQUEST_TIMEOUT unless already set)
-    close_timeout_s: float = 30.0    # at close: what is not delivered by then is kept on disk
-    max_queue: int = 20_000          # metric values held in memory before spilling to JSONL
+    http_timeout_s: int = 10         # per tracking request to a server (not MLFLOW_HTTP_REQUEST_TIMEOUT)
+    close_timeout_s: float = 30.0    # at close: what is not delivered by then stays in the event log
+
+    REMOVED: ClassVar[dict[str, str]] = {
+        "max_queue": "every value now goes to <run_dir>/mlflow-events.jsonl as it is logged; "
+                     "nothing waits in memory"}
 
     def validate(self) -> None:
         if self.log_every < 1:
@@ -37,5 +40,3 @@ class TrackingConfig:
             raise ConfigValueError("http_timeout_s", "must be >= 1 second")
         if self.close_timeout_s < 0:
             raise ConfigValueError("close_timeout_s", "must be >= 0 seconds")
-        if self.max_queue < 1000:
-            raise ConfigValueError("max_queue", "must be >= 1000 (one MLflow batch)")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from .errors import ConfigValueError
 
@@ -22,7 +22,9 @@ class TrainConfig:
     eps: float = 1e-8
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     seed: int = 0
-    log_every: int = 10
+
+    REMOVED: ClassVar[dict[str, str]] = {
+        "log_every": "it was never read; metrics are logged every tracking.log_every steps"}
 
     def validate(self) -> None:
         if self.lr < 0:
@@ -47,7 +49,10 @@ class LossConfig:
     softcap: Optional[float] = None
     # dtype the head's gradient is summed in over row chunks: fp32 (one V x D fp32 buffer)
     # or input (the weight's dtype: V x D x 4 bytes less, one rounding per chunk).
-    grad_accum: Literal["fp32", "input"] = "fp32"
+    head_grad_dtype: Literal["fp32", "input"] = "fp32"
+
+    # train.grad_accum counts micro-batches per step; this one never did.
+    RENAMED: ClassVar[dict[str, str]] = {"grad_accum": "head_grad_dtype"}
 
     def validate(self) -> None:
         if not 0 <= self.label_smoothing < 1:

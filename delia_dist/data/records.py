@@ -1,6 +1,6 @@
 """Records -> token ids and loss mask.
 
-Two record shapes arrive (see CONTRACTS.md): chat records {"messages": [...]} and
+Two record shapes arrive: chat records {"messages": [...]} and
 downstream task records {"instruction", "fields", "response", "system"?}. Both are
 rendered with the tokenizer's chat template; the loss mask marks assistant tokens only
 (completion-only loss). A tokenizer fingerprint lets a reader decide whether stored ids

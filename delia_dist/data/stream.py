@@ -76,7 +76,10 @@ def layout_difference(saved: dict, now: dict) -> str:
 
 
 class TrainStream:
-    """Iterate for dicts of [micro_batch_size, seq_len] tensors."""
+    """Iterate for dicts of [micro_batch_size, seq_len] tensors: input_ids; labels (-100
+    where there is no loss); position_ids, restarting with each packed sample; segment_ids
+    (1, 2, ... per packed sample, 0 for padding); source_ids (the source's index, -1 for
+    padding)."""
 
     def __init__(self, cfg, tokenizer, rank: int = 0, world_size: int = 1, micro_batch_size: int = 1,
                  num_workers: int | None = None):

@@ -3,18 +3,17 @@
 For each task instruction we ask for K paraphrases that vary wording, structure, length
 and register but keep the meaning and every placeholder/special token; invalid ones are
 dropped (counted by reason) and the missing number is asked for again, for a bounded
-number of rounds. Every response is cached by request, so a rerun costs zero requests,
-and requests are retried with backoff on 429 (honouring Retry-After), 5xx, timeouts and
-malformed replies.
+number of rounds. Every response is cached by request, so a rerun costs zero requests.
+Connection errors, timeouts, 408/409/429 and 5xx are retried by the openai client itself
+(`max_retries`, exponential backoff, Retry-After honoured); a reply that arrives but is
+malformed is asked for again here, up to the same number of times.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import random
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,9 +39,9 @@ def user_prompt(instruction: str, n: int) -> str:
 
 @dataclass
 class Stats:
-    requests: int = 0
+    requests: int = 0        # HTTP requests sent, the openai client's own retries included
+    answers: int = 0         # replies asked for (cache misses)
     cached: int = 0
-    retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     rejected: Counter = field(default_factory=Counter)
@@ -53,34 +52,18 @@ class Stats:
             for k, v in kw.items():
                 setattr(self, k, getattr(self, k) + v)
 
+    @property
+    def retries(self) -> int:
+        """Requests beyond one per answer: the client's retries and our re-asks after malformed replies."""
+        return max(self.requests - self.answers, 0)
+
     def reject(self, reason: str) -> None:
         with self.lock:
             self.rejected[reason] += 1
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds (RFC 9110: delay-seconds or an HTTP date); None if absent or
-    unreadable, so the caller falls back to its own backoff. Capped: a server asking for
-    hours should not park a worker silently."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return min(max(seconds, 0.0), 300.0)
-
-
-class TransientError(Exception):
-    """A reply worth retrying: rate limit, server error, timeout, malformed body."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+class MalformedReply(Exception):
+    """A 2xx reply without usable content: worth asking again."""
 
 
 class Diversifier:
@@ -93,55 +76,48 @@ class Diversifier:
     @property
     def client(self):
         if self._client is None:
-            from openai import OpenAI
+            from openai import DefaultHttpxClient, OpenAI
             key = os.environ.get(self.cfg.api_key_env)
             if not key:
                 local = self.cfg.base_url and any(h in self.cfg.base_url for h in ("127.0.0.1", "localhost", "[::1]"))
                 if not local:
                     raise UserError(f"set the API key in ${self.cfg.api_key_env} (it is read from the environment only)")
                 key = "EMPTY"  # local OpenAI-compatible servers accept any key
-            self._client = OpenAI(api_key=key, base_url=self.cfg.base_url, timeout=self.cfg.timeout_s, max_retries=0)
+            counted = DefaultHttpxClient(event_hooks={"request": [lambda _request: self.stats.add(requests=1)]})
+            self._client = OpenAI(api_key=key, base_url=self.cfg.base_url, timeout=self.cfg.timeout_s,
+                                  max_retries=self.cfg.max_retries, http_client=counted)
         return self._client
 
     def _complete(self, request: dict) -> dict:
-        """One request with retries; returns {"content", "prompt_tokens", "completion_tokens"}."""
+        """One answer; returns {"content", "prompt_tokens", "completion_tokens"}."""
         import openai
-        delay = 1.0
-        last = None
-        for attempt in range(self.cfg.max_retries + 1):
+        last: Exception | None = None
+        self.stats.add(answers=1)
+        for _ in range(self.cfg.max_retries + 1):  # malformed replies only
             try:
                 resp = self.client.chat.completions.create(**request)
-                self.stats.add(requests=1)
                 content = resp.choices[0].message.content if resp.choices else None
                 if not isinstance(content, str):
-                    raise TransientError("reply has no message content")
+                    raise MalformedReply("reply has no message content")
                 usage = getattr(resp, "usage", None)
                 return {"content": content, "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
                         "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
-            except openai.RateLimitError as e:
-                self.stats.add(requests=1)
-                header = e.response.headers.get("retry-after") if e.response is not None else None
-                last = TransientError("429 rate limited", retry_after_seconds(header))
             except openai.APIStatusError as e:
-                self.stats.add(requests=1)
-                if e.status_code < 500:
+                if e.status_code < 500 and e.status_code not in (408, 409, 429):
                     raise UserError(f"endpoint refused the request ({e.status_code}): {str(e)[:200]}") from None
-                last = TransientError(f"server error {e.status_code}")
+                raise self._gave_up(f"HTTP {e.status_code}") from None
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                self.stats.add(requests=1)
-                last = TransientError(type(e).__name__)
+                raise self._gave_up(type(e).__name__) from None
             except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError, IndexError,
-                    TransientError) as e:
-                last = e if isinstance(e, TransientError) else TransientError(f"malformed reply: {e}")
-            if attempt == self.cfg.max_retries:
-                break
-            wait = last.retry_after if last.retry_after is not None else delay * (1 + random.random() * 0.25)
-            log.info("retrying after %s in %.1f s", last, wait)
-            self.stats.add(retries=1)
-            time.sleep(wait)
-            delay = min(delay * 2, 30.0)
-        raise UserError(f"endpoint {self.cfg.base_url or 'OpenAI'} kept failing after "
-                        f"{self.cfg.max_retries + 1} attempts: {last}")
+                    MalformedReply) as e:
+                last = e
+                log.info("malformed reply (%s); asking again", str(e)[:200])
+        raise UserError(f"endpoint {self.cfg.base_url or 'OpenAI'} sent {self.cfg.max_retries + 1} malformed "
+                        f"replies in a row; last: {str(last)[:200]}")
+
+    def _gave_up(self, what: str) -> UserError:
+        return UserError(f"endpoint {self.cfg.base_url or 'OpenAI'} kept failing after {self.cfg.max_retries + 1} "
+                         f"attempts (the openai client's retries with backoff): {what}")
 
     def ask(self, instruction: str, n: int, round_: int) -> list[str]:
         request = {"model": self.cfg.model, "temperature": self.cfg.temperature,

@@ -1,7 +1,8 @@
 """`delia data diversify` against a fault-injecting OpenAI-compatible server of our own:
 429 with Retry-After, 500, a hung reply, malformed JSON, paraphrases that drop a
-placeholder. Every case ends with valid paraphrases or a clear error; the cache is never
-torn; a rerun sends zero requests; the API key never shows."""
+placeholder. HTTP failures are retried by the openai client, malformed replies by us.
+Every case ends with valid paraphrases or a clear error; the cache is never torn; a
+rerun sends zero requests; the API key never shows."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,12 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from delia_dist.config import DiversifyConfig
 from delia_dist.errors import UserError
-from delia_dist.gen.diversify import Diversifier, retry_after_seconds
+from delia_dist.gen.diversify import Diversifier
 from delia_dist.gen.validate import markers
 
 INSTRUCTION = "Translate the following Fenish text into English. Use the <sep> format.\n{source}"
@@ -36,6 +36,7 @@ class FaultServer:
 
     def __init__(self, script):
         self.script, self.requests, self.good_served = list(script), 0, 0
+        self.times: list[float] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +46,7 @@ class FaultServer:
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("content-length", 0)))
                 outer.requests += 1
+                outer.times.append(time.monotonic())
                 action = outer.script.pop(0) if outer.script else ("valid", 3)
                 kind = action[0]
                 if kind == "429":
@@ -142,7 +144,7 @@ def test_every_fault_ends_with_valid_paraphrases_and_rerun_is_free(server_factor
 
 def test_persistent_server_errors_give_a_clear_error(server_factory, tmp_path):
     srv = server_factory([("500",)] * 10)
-    with pytest.raises(UserError, match=r"kept failing after 3 attempts: server error 500"):
+    with pytest.raises(UserError, match=r"kept failing after 3 attempts .*HTTP 500"):
         Diversifier(cfg(srv.url, max_retries=2), tmp_path / "c").run([INSTRUCTION])
     assert srv.requests == 3
 
@@ -182,13 +184,24 @@ def test_retry_after_http_date_is_honoured_not_a_crash(server_factory, tmp_path)
     assert len(out[0]["paraphrases"]) == 3 and srv.requests == 3
 
 
-def test_retry_after_values():
-    from email.utils import formatdate
-    assert retry_after_seconds("2") == 2.0 and retry_after_seconds(None) is None
-    assert retry_after_seconds("soon") is None  # unreadable: own backoff
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert 5 <= retry_after_seconds(formatdate(time.time() + 10, usegmt=True)) <= 10
-    assert retry_after_seconds("86400") == 300.0  # capped
+def test_429_waits_for_retry_after_then_succeeds(server_factory, tmp_path):
+    """The client's own retry honours the server's Retry-After (longer than its 0.5 s backoff)."""
+    srv = server_factory([("429", 1.5)])
+    div = Diversifier(cfg(srv.url, timeout_s=5), tmp_path / "c")
+    out = div.run([INSTRUCTION])
+    assert len(out[0]["paraphrases"]) == 3 and srv.requests == 2
+    assert srv.times[1] - srv.times[0] >= 1.4
+    assert div.stats.requests == 2 and div.stats.retries == 1
+
+
+def test_malformed_replies_are_asked_again_then_a_clear_error(server_factory, tmp_path):
+    """The client does not retry a 200 it cannot parse; we ask again max_retries times, then stop."""
+    srv = server_factory([("malformed",)] * 10)
+    div = Diversifier(cfg(srv.url, max_retries=2), tmp_path / "c")
+    with pytest.raises(UserError, match=r"sent 3 malformed replies in a row"):
+        div.run([INSTRUCTION])
+    assert srv.requests == 3 and div.stats.requests == 3
+    assert not [f for f in (tmp_path / "c").rglob("*") if f.is_file()]  # nothing cached from garbage
 
 
 def test_concurrency_is_bounded_and_every_instruction_is_answered(tmp_path):
@@ -228,7 +241,6 @@ def test_concurrency_is_bounded_and_every_instruction_is_answered(tmp_path):
     (["--set", "generate.diversify.max_rounds=0"], "max_rounds: must be >= 1"),
 ])
 def test_bad_settings_are_named(tmp_path, args, message):
-    from delia_dist import cli
     inst = tmp_path / "tasks.jsonl"
     inst.write_text(json.dumps({"instruction": INSTRUCTION}) + "\n")
     proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "data", "diversify", str(inst), "--out",

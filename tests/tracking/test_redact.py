@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from delia_dist.config import TrackingConfig
-from delia_dist.redact import REDACTED, is_secret_key, redact, redact_text
+from delia_dist.redact import REDACTED, is_secret_key, redact, redact_text, secret_like
 from delia_dist.tracking import Tracker
 
 
@@ -28,11 +28,11 @@ def test_ordinary_keys(key):
 
 
 def test_redact_values_both_ways(monkeypatch):
-    monkeypatch.setenv("MY_SERVICE_PASSWORD", "plainSECRETpw")
+    monkeypatch.setenv("MY_SERVICE_PASSWORD", "plain-SECRET-pw7")
     cfg = {"model": {"sep_token": "<sep>", "pad_token": "PAD", "eos_token": "</s>", "hf_token": "abcSECRETdef",
                      "new_tokens": [{"token": "json_start", "init": "mean"}, {"token": "<sep>"}]},
            "generate": {"api_key": "inline-SECRET", "base_url": "https://u:pSECRET@h/v1", "api_key_env": "OPENAI_API_KEY",
-                        "note": "key sk-SECRETabcdefgh and ghp_SECRET1234567 and hf_SECRET12345 and plainSECRETpw"}}
+                        "note": "key sk-SECRETabcdefgh and ghp_SECRET1234567 and hf_SECRET12345 and plain-SECRET-pw7"}}
     out = redact(cfg)
     assert out["model"]["sep_token"] == "<sep>" and out["model"]["pad_token"] == "PAD"
     assert out["model"]["eos_token"] == "</s>" and out["model"]["new_tokens"][0]["token"] == "json_start"
@@ -40,6 +40,31 @@ def test_redact_values_both_ways(monkeypatch):
     assert out["model"]["hf_token"] == REDACTED and out["generate"]["api_key"] == REDACTED
     assert out["generate"]["base_url"] == "https://***@h/v1"
     assert "SECRET" not in json.dumps(out)
+
+
+def test_ordinary_env_values_do_not_mask_paths_or_config(monkeypatch, tmp_path):
+    """Secret-named variables with ordinary values (a word, a path) leave paths and config
+    values intact; a long random value of such a variable is still masked everywhere."""
+    run_dir = str(tmp_path / "experiments" / "tiny_cpu" / "run")
+    monkeypatch.setenv("MUNGE_AUTH", "experiments")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path))
+    monkeypatch.setenv("CI_JOB_TOKEN", "tiny_cpu")
+    monkeypatch.setenv("SERVICE_API_TOKEN", "Zq8xT3vLm0pR7sKw2Yb4")  # no provider prefix: only the env knows
+    cfg = {"run_dir": run_dir, "data": {"shards": f"{run_dir}/shards/{{000..003}}.tar", "note": "experiments"},
+           "model": {"name_or_path": "tiny_cpu"}, "log": f"called with Zq8xT3vLm0pR7sKw2Yb4 at {run_dir}"}
+    out = redact(cfg)
+    assert out["run_dir"] == run_dir and out["data"] == cfg["data"] and out["model"] == cfg["model"]
+    assert out["log"] == f"called with {REDACTED} at {run_dir}"
+    assert redact_text(f"HOME={tmp_path} dir=experiments") == f"HOME={tmp_path} dir=experiments"
+
+
+@pytest.mark.parametrize("value, secret", [
+    ("Zq8xT3vLm0pR7sKw2Yb4", True), ("plain-SECRET-pw7", True), ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", True),
+    ("0123456789abcdef0123456789abcdef", True), ("experiments", False), ("/home/u/.config/gcp.json", False),
+    ("~/keys/gcp.json", False), ("tiny_cpu", False), ("correct horse battery staple", False),
+    ("https://mlflow.example:5000", False), ("plainSECRETpw", False)])
+def test_secret_like(value, secret):
+    assert secret_like(value) is secret
 
 
 def test_redact_text_both_ways(monkeypatch):

@@ -8,6 +8,7 @@ hold their init after an optimizer step, and the export loads and generates.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def test_export_of_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_lora_trains_under_zero3_and_exports_merged(ws, tmp_path):
     run = train(ws, "lora", "train.max_steps=4", "model.finetune=lora", "model.lora.r=8", "model.lora.alpha=16")
     losses = [r["loss"] for r in metrics(run) if r["step"] > 0]
-    assert len(losses) == 4 and all(l == l for l in losses)  # finite
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     state = fp32_weights(run / "checkpoints/step_4")
     prefix = "model.base_model.model."
     q = prefix + "model.layers.0.self_attn.q_proj."
