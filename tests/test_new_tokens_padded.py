@@ -82,7 +82,7 @@ def _train(ws, rows, name, *overrides):
     for o in overrides:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, cwd=ws, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return run_dir / "checkpoints/step_1"
 
@@ -116,3 +116,28 @@ def test_padded_rows_hold_their_init_after_a_zero3_step(ws, tied):
         torch.testing.assert_close(table[sep], table[desc].mean(0), rtol=0, atol=1e-6)
         torch.testing.assert_close(table[m], table[:base].mean(0), rtol=0, atol=1e-6)
         assert (table[m] - table[:rows].mean(0)).abs().max() > 1e-5  # padding rows not in the mean
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lora_trains_a_tied_sep_row_once(tiny_tokenizer_dir, tied):
+    """LoRA with trained embeddings: a tied model has one trained matrix (the <sep> row the
+    model reads is the one it writes) and merges back tied; an untied one trains both."""
+    from transformers import AutoTokenizer
+
+    from delia_dist.config.model import LoraConfig
+    from delia_dist.model import apply_lora, output_head
+    from delia_dist.tiny import build_model, llama_config
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = build_model(llama_config(vocab_size=len(tok), tie_word_embeddings=tied))
+    sep = add_tokens(tok, NEW[:1])[0]
+    resize_and_init(model, tok, NEW[:1], pad_to_multiple_of=64)
+    model = apply_lora(model, LoraConfig(r=4, alpha=4, dropout=0.0))
+    emb = model.get_base_model().get_input_embeddings().modules_to_save["default"].weight
+    assert (output_head(model).weight is emb) == tied
+    ids = torch.tensor([[1, 5, sep, 7, sep, 9]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    merged = model.merge_and_unload()
+    e, h = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+    assert merged.config.tie_word_embeddings == tied and (e is h) == tied
+    torch.testing.assert_close(e[sep], emb[sep], rtol=0, atol=0)
