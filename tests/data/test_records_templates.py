@@ -130,3 +130,14 @@ def test_data_shard_on_the_real_tokenizer(tmp_path, smollm2_dir, capsys):
     err = capsys.readouterr().err
     assert f"{src} (3 samples)" in err and "no loss token" in err
     assert not (bad / "manifest.json").exists() and not list(bad.glob("*.tar"))
+
+
+def test_writer_refuses_a_set_without_loss_tokens(tmp_path, smollm2_dir):
+    from delia_dist.data import ShardWriter
+    from delia_dist.data.errors import DataError
+    blind = _variant(smollm2_dir, "{% for m in messages %}{% generation %}{% endgeneration %}"
+                                  "{{ m['content'] }}\n{% endfor %}")
+    with pytest.raises(DataError, match="none of the 2 samples"), ShardWriter(tmp_path, blind) as w:
+        for _ in range(2):
+            w.write({"messages": CONVERSATION})
+    assert not list(tmp_path.iterdir())
