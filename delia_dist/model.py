@@ -65,19 +65,43 @@ def build_model(model_cfg, tokenizer, ds_config: dict | None, precision: str, se
     return model, report
 
 
+def is_tied(model) -> bool:
+    """Input embedding and output head are one Parameter (SmolLM2, Llama 3.2 1B/3B, Qwen 0.5B)."""
+    out = model.get_output_embeddings()
+    return out is not None and out.weight is model.get_input_embeddings().weight
+
+
 def apply_lora(model, lora_cfg):
     """LoRA adapters on the target projections; with train_embeddings the embedding and
-    output head are trained in full (the DELIA recipe), which new tokens need to learn."""
+    output head are trained in full (the DELIA recipe), which new tokens need to learn.
+
+    A tied model keeps one trained matrix: only embed_tokens is copied for training and
+    PEFT's ensure_weight_tying points the output head at that same copy, so a new row
+    (<sep>) is learnt once and the export stays tied. Training two copies would return
+    an untied checkpoint whose input and output rows disagree. The export rebuilds the
+    model through this function, so this is the one place that decides."""
     from peft import LoraConfig, get_peft_model
 
-    modules_to_save = None
+    modules_to_save, tie = None, False
     if lora_cfg.train_embeddings:
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-        modules_to_save = [n for n in ("embed_tokens", "lm_head") if n in names]
+        tie = is_tied(model)
+        wanted = ("embed_tokens",) if tie else ("embed_tokens", "lm_head")
+        modules_to_save = [n for n in wanted if n in names]
     peft_cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                           target_modules=list(lora_cfg.target_modules), modules_to_save=modules_to_save,
-                          task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
+                          task_type="CAUSAL_LM", ensure_weight_tying=tie)
+    peft_model = get_peft_model(model, peft_cfg)
+    if tie and output_head(peft_model).weight is not _trained_embedding(peft_model).weight:
+        raise RuntimeError("PEFT did not tie the trained output head to the trained embedding")
+    return peft_model
+
+
+def _trained_embedding(model) -> torch.nn.Module:
+    emb = causal_lm(model).get_input_embeddings()
+    if hasattr(emb, "modules_to_save"):
+        return emb.modules_to_save[emb.active_adapters[0]]
+    return emb
 
 
 def causal_lm(model):

@@ -41,27 +41,39 @@ def run(args) -> int:
         tok_path = load_config(args.config).model.tokenizer
     tokenizer = load_tokenizer(tok_path)
     skipped: dict[str, int] = {}
+    per_input: dict[str, list[int]] = {}  # input -> [samples, loss tokens]
     written = 0
     bar = tqdm(desc="shard", unit=" rec", disable=args.no_progress)
     with ShardWriter(args.out, tokenizer, max_shard_bytes=int(args.max_shard_mb * 2**20),
                      prefix=args.prefix) as w:
-        for where, record in iter_input_records(args.inputs, split=args.split):
-            if args.limit is not None and written >= args.limit:
-                break
-            try:
-                if isinstance(record, RecordError):
-                    raise record
-                w.write(record)
-                written += 1
-            except RecordError as e:
-                if args.on_bad == "error":
-                    raise UserError(f"{where}: {e}") from None
-                skipped[e.reason] = skipped.get(e.reason, 0) + 1
-                if skipped[e.reason] <= 5:
-                    log.warning("%s: skipped (%s): %s", where, e.reason, e)
-            bar.update(1)
-            bar.set_postfix(shards=len(w.shards), tokens=w.tokens, refresh=False)
+        for spec in args.inputs:
+            counts = per_input.setdefault(spec, [0, 0])
+            for where, record in iter_input_records([spec], split=args.split):
+                if args.limit is not None and written >= args.limit:
+                    break
+                try:
+                    if isinstance(record, RecordError):
+                        raise record
+                    before = w.loss_tokens
+                    w.write(record)
+                    written += 1
+                    counts[0] += 1
+                    counts[1] += w.loss_tokens - before
+                except RecordError as e:
+                    if args.on_bad == "error":
+                        raise UserError(f"{where}: {e}") from None
+                    skipped[e.reason] = skipped.get(e.reason, 0) + 1
+                    if skipped[e.reason] <= 5:
+                        log.warning("%s: skipped (%s): %s", where, e.reason, e)
+                bar.update(1)
+                bar.set_postfix(shards=len(w.shards), tokens=w.tokens, refresh=False)
         bar.close()
+        empty = {spec: n for spec, (n, loss) in per_input.items() if n and not loss}
+        if empty:
+            w.discard()
+            raise UserError("no loss token in " + ", ".join(f"{spec} ({n} samples)" for spec, n in empty.items())
+                            + f": the chat template of {tok_path} marked no assistant reply in them; "
+                            "nothing written")
     print(f"{args.out}: {w.samples} samples, {w.tokens} tokens ({w.loss_tokens} with loss) in "
           f"{len(w.shards)} shards; skipped {sum(skipped.values())}"
           + (f" {skipped}" if skipped else ""))

@@ -89,9 +89,17 @@ class ShardWriter:
         self._tar = None
 
     def close(self) -> dict:
-        """Finish the last shard and write the manifest atomically; returns the manifest."""
+        """Finish the last shard and write the manifest atomically; returns the manifest.
+
+        A set whose samples carry no loss token would train on nothing (a chat template
+        whose assistant spans were not found): it is refused, its shards removed."""
         if self._tar is not None:
             self._close_shard()
+        if self.samples and not self.loss_tokens:
+            self.discard()
+            raise DataError(f"{self.out_dir}: none of the {self.samples} samples ({self.tokens} tokens) has "
+                            f"a loss token: the chat template of {self.info['name_or_path'] or 'the tokenizer'} "
+                            "marked no assistant reply; no manifest written")
         manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "shards": self.shards, "samples": self.samples, "tokens": self.tokens,
                     "loss_tokens": self.loss_tokens, "tokenizer": self.info}
@@ -99,6 +107,15 @@ class ShardWriter:
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, self.out_dir / MANIFEST)
         return manifest
+
+    def discard(self) -> None:
+        """Remove every shard this writer wrote (a refused set leaves nothing behind)."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = None
+        for shard in self.shards:
+            (self.out_dir / shard["path"]).unlink(missing_ok=True)
 
     def __enter__(self):
         return self
