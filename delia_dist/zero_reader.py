@@ -43,10 +43,11 @@ def _load(path: Path):
 
 
 class ZeroReader:
-    """Parameter names (DeepSpeed's, wrapper prefix included), shapes and fp32 values."""
+    """Parameter names (DeepSpeed's, wrapper prefix included), shapes and fp32 values: the
+    master weights, or with state="exp_avg"/"exp_avg_sq" Adam's moments laid out the same way."""
 
-    def __init__(self, step_dir: str | Path, remap_bytes: int = 1 << 30):
-        self.step_dir, self.remap_bytes = Path(step_dir), remap_bytes
+    def __init__(self, step_dir: str | Path, remap_bytes: int = 1 << 30, state: str = "fp32"):
+        self.step_dir, self.remap_bytes, self.state = Path(step_dir), remap_bytes, state
         self.model_files = _rank_files(self.step_dir, "model")
         self.optim_files = _rank_files(self.step_dir, "optim")
         if len(self.model_files) != len(self.optim_files):
@@ -89,7 +90,10 @@ class ZeroReader:
         if self._maps is None:
             flats, frozen = [], []
             for mf, of in zip(self.model_files, self.optim_files):
-                flats.append(_load(of)["optimizer_state_dict"]["fp32_flat_groups"])
+                osd = _load(of)["optimizer_state_dict"]
+                flats.append(osd["fp32_flat_groups"] if self.state == "fp32" else
+                             [osd["optimizer_state_dict"]["state"][i][self.state]
+                              for i in range(len(osd["fp32_flat_groups"]))])
                 frozen.append((_load(mf).get("frozen_param_fragments") or {}) if self.frozen else {})
             self._maps = (flats, frozen)
         return self._maps
@@ -106,6 +110,8 @@ class ZeroReader:
         shape = self.shape(name)
         numel = shape.numel()
         if name in self.frozen:
+            if self.state != "fp32":
+                raise KeyError(f"{name} is frozen: it has no {self.state}")
             parts = [frozen[r][name].reshape(-1) for r in range(self.world)]
         else:
             parts = [_slice_groups(flats[r], self.trainable[name][0], -(-numel // self.world))
@@ -134,3 +140,12 @@ def _slice_groups(groups: list[torch.Tensor], offset: int, length: int) -> torch
     if length:
         raise ValueError("parameter extends past the rank's flat optimizer groups: checkpoint is damaged")
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def adam_steps(step_dir: str | Path) -> list[int]:
+    """Adam's step count of every sub-group on every rank (they must all agree)."""
+    out = []
+    for f in _rank_files(Path(step_dir), "optim"):
+        for st in _load(f)["optimizer_state_dict"]["optimizer_state_dict"]["state"].values():
+            out.append(int(st["step"]))
+    return out
