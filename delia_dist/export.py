@@ -41,10 +41,13 @@ class OutTensor:
     dtype: torch.dtype
 
 
-def export_peak_bytes(largest_numel: int, out_dtype_bytes: int, lora: bool, remap_bytes: int = 1 << 30) -> int:
-    """Peak memory of the streaming export beyond the interpreter: the largest parameter in
-    fp32 (gathered) + its cast copy (+ the fp32 B @ A product under LoRA) + mapped input pages."""
-    return largest_numel * (4 + out_dtype_bytes + (4 if lora else 0)) + remap_bytes
+def export_peak_bytes(largest_numel: int, out_dtype_bytes: int, largest_lora_numel: int = 0,
+                      remap_bytes: int = 1 << 30) -> int:
+    """Peak memory of the streaming export beyond the interpreter: the largest parameter
+    gathered in fp32 + its cast copy (a LoRA-merged one also holds the fp32 B @ A product)
+    + the mapped input pages read since the last re-open."""
+    return max(largest_numel * (4 + out_dtype_bytes),
+               largest_lora_numel * (8 + out_dtype_bytes)) + remap_bytes
 
 
 def plan_tensors(reader, lora_cfg, tied: bool) -> list[OutTensor]:
@@ -149,7 +152,7 @@ def _resolve(ckpt: Path) -> Path:
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
-                      max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+                      max_shard_bytes: int = DEFAULT_SHARD_BYTES, remap_bytes: int = 1 << 30) -> Path:
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from .model import DTYPES
@@ -167,7 +170,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
     config.vocab_size = shared["new_tokens"]["new_vocab"]
     out_dtype = DTYPES.get(dtype if dtype != "auto" else cfg.model.dtype, torch.float32)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    reader = ZeroReader(ckpt)
+    reader = ZeroReader(ckpt, remap_bytes=remap_bytes)
     tensors = plan_tensors(reader, cfg.model.lora if cfg.model.finetune == "lora" else None, tied)
     if not any(t.name == "lm_head.weight" for t in tensors) and not tied:
         raise ValueError(f"{ckpt}: no lm_head.weight in the checkpoint and the config is untied")
