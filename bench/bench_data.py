@@ -4,7 +4,9 @@ Writes pre-tokenized shards with long-tailed (lognormal) sample lengths, then me
   * throughput: non-pad tokens per second of CPU time (one process = one core) for the
     whole TrainStream (tar reading, validation, shuffle buffer, mixer, packer, tensors);
   * packing efficiency (share of non-pad tokens) of best-fit packing beside naive
-    concatenation (cuts samples), pad-to-longest per micro-batch and one sample per row.
+    concatenation (cuts samples), pad-to-longest per micro-batch and one sample per row;
+  * the checkpointed stream state at the middle of the stream (buffered samples are
+    references) and the time a resume takes to re-read the buffered samples.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_data.py [--tokens 8e6] [--seq-len 2048]
 """
@@ -70,12 +72,36 @@ def run_stream(manifest: Path, tokenizer, seq_len: int, batch: int, shuffle_buff
                      seq_len=seq_len, shuffle_buffer=shuffle_buffer, pack_buffer=pack_buffer)
     cfg.validate()
     stream = build_train_stream(cfg, tokenizer, micro_batch_size=batch)
+    total = json.loads(manifest.read_text())["tokens"]
     t0, c0 = time.perf_counter(), time.process_time()
     tokens = rows = 0
+    state = None
     for b in stream:
         tokens += int((b["segment_ids"] > 0).sum())
         rows += b["input_ids"].shape[0]
-    return tokens, rows, time.perf_counter() - t0, time.process_time() - c0, stream
+        if state is None and tokens >= total // 2:
+            t, c = time.perf_counter(), time.process_time()
+            state = resume_cost(stream, cfg, tokenizer, batch)
+            t0 += time.perf_counter() - t  # not part of the throughput
+            c0 += time.process_time() - c
+    return tokens, rows, time.perf_counter() - t0, time.process_time() - c0, stream, state
+
+
+def resume_cost(stream, cfg, tokenizer, batch) -> tuple[int, float, float]:
+    """(bytes of the saved state, wall and CPU seconds to load it into a fresh stream)."""
+    import io
+
+    import torch
+
+    from delia_dist.data import build_train_stream
+    buf = io.BytesIO()
+    torch.save(stream.state_dict(), buf)
+    size = buf.tell()
+    buf.seek(0)
+    fresh = build_train_stream(cfg, tokenizer, micro_batch_size=batch)
+    t, c = time.perf_counter(), time.process_time()
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    return size, time.perf_counter() - t, time.process_time() - c
 
 
 def main():
@@ -101,7 +127,7 @@ def main():
         write(tmp / "shards", tok, lens, rng)
         write_s = time.perf_counter() - t
         size = sum(p.stat().st_size for p in (tmp / "shards").glob("*.tar"))
-        tokens, rows, wall, cpu, stream = run_stream(tmp / "shards" / "manifest.json", tok, args.seq_len,
+        tokens, rows, wall, cpu, stream, (state_bytes, resume_s, resume_cpu) = run_stream(tmp / "shards" / "manifest.json", tok, args.seq_len,
                                                      args.batch, args.shuffle_buffer, args.pack_buffer)
     assert tokens == int(lens.sum()), (tokens, int(lens.sum()))
     print(f"machine: {cpu_model()}; date {time.strftime('%Y-%m-%d')}")
@@ -111,6 +137,9 @@ def main():
     print(f"stream: seq_len {args.seq_len}, micro-batch {args.batch}, shuffle buffer {args.shuffle_buffer}, "
           f"pack buffer {args.pack_buffer}")
     print(f"throughput: {tokens / cpu / 1e6:.2f} M tokens/s per core (CPU time {cpu:.2f} s, wall {wall:.2f} s)")
+    print(f"state at mid-stream: {state_bytes / 1024:.0f} KiB (shuffle buffer {args.shuffle_buffer} by "
+          f"reference); resume re-reads the buffered samples in {resume_s:.2f} s "
+          f"(CPU {resume_cpu:.2f} s)")
     print("\n| packing | non-pad tokens | note |\n|---|---|---|")
     print(f"| best fit, buffer {args.pack_buffer} (delia) | {stream.packing_efficiency:.2%} | no sample cut |")
     for name, (eff, note) in baselines(lens, args.seq_len, args.batch).items():

@@ -13,7 +13,10 @@ with paraphrases re-tokenize each sample whose instruction has paraphrases (down
 data is small). Any other fingerprint difference is an error naming both tokenizers.
 """
 from .errors import DataError, RecordError
+from .refs import stream_state_bytes
+from .remap import remap_stream_states
 from .shards import ShardWriter
 from .stream import TrainStream, build_train_stream
 
-__all__ = ["DataError", "RecordError", "ShardWriter", "TrainStream", "build_train_stream"]
+__all__ = ["DataError", "RecordError", "ShardWriter", "TrainStream", "build_train_stream",
+           "remap_stream_states", "stream_state_bytes"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .reader import IGNORE, Sample, SourceExhausted, samples_from_state, samples_to_state
+from .decode import Sample
+from .reader import SourceExhausted
+from .refs import refs_to_state
 
 
 class Packer:
@@ -60,11 +62,11 @@ class Packer:
                 n = len(s.ids)
                 if n > L - off:  # only with split_samples: the rest waits at the buffer front
                     n = L - off
-                    self.pending.insert(0, Sample(s.ids[n:], s.labels[n:], s.pos0 + n, s.source))
+                    self.pending.insert(0, s.tail(n))
             elif self.split_samples:
                 s = self.pending[0]
                 n = L - off
-                self.pending[0] = Sample(s.ids[n:], s.labels[n:], s.pos0 + n, s.source)
+                self.pending[0] = s.tail(n)
             else:
                 break
             k += 1
@@ -84,9 +86,11 @@ class Packer:
         return self.tokens / (self.rows * self.seq_len) if self.rows else 0.0
 
     def state_dict(self) -> dict:
-        return {"pending": samples_to_state(self.pending), "eof": self.eof, "rows": self.rows,
+        """Pending samples by reference (refs.py): at most pack_buffer of them, 20 bytes each."""
+        return {"pending": refs_to_state(self.pending), "eof": self.eof, "rows": self.rows,
                 "tokens": self.tokens}
 
-    def load_state_dict(self, sd: dict):
-        self.pending = samples_from_state(sd["pending"])
+    def load_state_dict(self, sd: dict, load_samples):
+        """`load_samples(refs_state)` re-reads the referenced samples (the stream knows the sources)."""
+        self.pending = load_samples(sd["pending"])
         self.eof, self.rows, self.tokens = sd["eof"], sd["rows"], sd["tokens"]

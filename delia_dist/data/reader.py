@@ -1,148 +1,66 @@
 """Per-source streaming reader: shards split across ranks and workers, seeded shard-order
 shuffle and a sample shuffle buffer, decoding with validation and counted skips.
 
-Every position is explicit (epoch, shard, sample within shard, buffer contents, RNG
-state) so state_dict() restores the exact stream.
+A reader slot works through a plan of tasks per epoch: (epoch, shard, start, step) reads
+members start, start+step, ... of one shard. Every position is explicit (epoch, task,
+member, buffer references, RNG state) so state_dict() restores the exact stream, and a
+plan can be rewritten for another number of slots (remap.py).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
-import numpy as np
-
-from .errors import DataError, RecordError
-from .records import to_messages, tokenize_messages
+from .decode import IGNORE, DecodeRules, Sample, Skip, decode, shifted_labels
+from .errors import DataError
+from .refs import load_samples, refs_to_state
 from .shards import iter_shard
 
+__all__ = ["IGNORE", "Sample", "shifted_labels", "SourceExhausted", "SourcePolicy", "SourceCounters",
+           "ShardReader", "SourceStream", "normal_tasks"]
 log = logging.getLogger("delia_dist.data")
-IGNORE = -100
 LOGGED_PER_REASON = 5
+NEVER_SKIPPED = ("overlong", "corrupt_shard", "no_loss_tokens")  # counted even with bad_records: error
 
 
 class SourceExhausted(Exception):
     """A source finished its last allowed epoch: the stream ends."""
 
 
-class Sample:
-    """One tokenized sample: ids, shifted labels (-100 where no loss), first position id."""
-    __slots__ = ("ids", "labels", "pos0", "source")
-
-    def __init__(self, ids, labels, pos0, source):
-        self.ids, self.labels, self.pos0, self.source = ids, labels, pos0, source
-
-    def __len__(self):
-        return len(self.ids)
-
-
-def shifted_labels(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """labels[t] = ids[t+1] where t+1 is a loss token; the last position never has a target,
-    so a packed sequence can never learn one sample's first token from another."""
-    labels = np.full(len(ids), IGNORE, dtype=np.int32)
-    labels[:-1] = np.where(mask[1:] != 0, ids[1:], IGNORE)
-    return labels
+@dataclass(frozen=True)
+class SourcePolicy:
+    """What every reader of one source shares and nothing changes during a run."""
+    index: int
+    name: str
+    urls: tuple[str, ...]
+    rules: DecodeRules
+    # url -> sample count from the manifest, to catch short shards
+    expected: Mapping[str, int] = field(default_factory=dict)
+    max_epochs: Optional[int] = None
+    bad_records: str = "skip"
+    bad_shards: str = "error"
+    seed: int = 0
+    shuffle_shards: bool = True
+    shuffle_buffer: int = 1
 
 
-def samples_to_state(samples) -> dict:
-    import torch
-    lens = [len(s) for s in samples]
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int32))
-    return {"lens": torch.tensor(lens, dtype=torch.int64),
-            "ids": torch.from_numpy(cat([s.ids for s in samples]).astype(np.int32)),
-            "labels": torch.from_numpy(cat([s.labels for s in samples]).astype(np.int32)),
-            "pos0": [int(s.pos0) for s in samples], "source": [int(s.source) for s in samples]}
+class SourceCounters:
+    """What one rank has counted for a source: skips by reason, truncations, re-tokenizations."""
 
-
-def samples_from_state(sd: dict) -> list[Sample]:
-    ids, labels = sd["ids"].numpy(), sd["labels"].numpy()
-    out, off = [], 0
-    for n, p0, src in zip(sd["lens"].tolist(), sd["pos0"], sd["source"]):
-        out.append(Sample(ids[off:off + n].copy(), labels[off:off + n].copy(), p0, src))
-        off += n
-    return out
-
-
-class SourceSpec:
-    """What every reader of one source shares: shards, tokenizer checks, policies, counters."""
-
-    def __init__(self, *, index, name, urls, expected, tokenizer, vocab_size, retokenize, added_tokens,
-                 paraphrases, seq_len, overlong, split_samples, max_epochs, bad_records,
-                 bad_shards, seed, shuffle_shards, shuffle_buffer):
-        self.index, self.name, self.urls = index, name, urls
-        self.expected = expected  # url -> sample count from the manifest, to catch short shards
-        self.tokenizer, self.vocab_size = tokenizer, vocab_size
-        # "never": stored ids are valid; "added": re-tokenize records containing tokens the
-        # training tokenizer added after sharding; paraphrases always re-tokenize.
-        self.retokenize = retokenize
-        self.added_tokens = [t.encode() for t in added_tokens]
-        self.paraphrases = paraphrases
-        self.seq_len, self.overlong, self.split_samples = seq_len, overlong, split_samples
-        self.max_epochs, self.bad_records, self.bad_shards = max_epochs, bad_records, bad_shards
-        self.seed, self.shuffle_shards, self.shuffle_buffer = seed, shuffle_shards, shuffle_buffer
+    def __init__(self, policy: SourcePolicy):
+        self.name, self.bad_records = policy.name, policy.bad_records
         self.skipped: dict[str, int] = {}
-        self.truncated = 0
-        self.retokenized = 0
+        self.truncated = self.retokenized = 0
 
-    def skip(self, reason: str, where: str, message: str):
-        if self.bad_records == "error" and reason not in ("overlong", "corrupt_shard", "no_loss_tokens"):
-            raise DataError(f"{where}: {message}")
-        n = self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    def skip(self, s: Skip):
+        if self.bad_records == "error" and s.reason not in NEVER_SKIPPED:
+            raise DataError(f"{s.where}: {s.message}")
+        n = self.skipped[s.reason] = self.skipped.get(s.reason, 0) + 1
         if n <= LOGGED_PER_REASON:
-            log.warning("source %s: skipped %s (%s): %s%s", self.name, where, reason, message,
+            log.warning("source %s: skipped %s (%s): %s%s", self.name, s.where, s.reason, s.message,
                         " (further skips of this kind are only counted)" if n == LOGGED_PER_REASON else "")
-
-    def decode(self, url: str, key: str, parts: dict, epoch: int) -> Sample | None:
-        """A validated Sample from a shard sample's members, or None after a counted skip."""
-        where = f"{url} member {key}"
-        raw = parts.get("json")
-        retok = False
-        instruction = None
-        if raw is not None and (self.paraphrases or self.added_tokens):
-            retok = any(t in raw for t in self.added_tokens)
-            if self.paraphrases:
-                try:
-                    record = json.loads(raw)
-                except (ValueError, UnicodeDecodeError) as e:
-                    return self.skip("bad_json", f"{where}.json", f"not valid JSON: {e}")
-                choices = self.paraphrases.get(record.get("instruction")) if isinstance(record, dict) else None
-                if choices:
-                    draw = random.Random(f"{self.seed}|{self.name}|{epoch}|{os.path.basename(url)}|{key}")
-                    instruction, retok = draw.choice(choices), True
-        if retok:
-            try:
-                record = json.loads(raw)
-                ids, mask = tokenize_messages(self.tokenizer, to_messages(record, instruction))
-            except (ValueError, UnicodeDecodeError) as e:
-                reason = e.reason if isinstance(e, RecordError) else "bad_json"
-                return self.skip(reason, f"{where}.json", str(e))
-            self.retokenized += 1
-        else:
-            if "ids" not in parts or "mask" not in parts:
-                missing = [e for e in ("ids", "mask") if e not in parts]
-                return self.skip("missing_member", where, f"no .{' .'.join(missing)} member")
-            b_ids, b_mask = parts["ids"], parts["mask"]
-            if len(b_ids) % 4:
-                return self.skip("bad_ids", f"{where}.ids", f"{len(b_ids)} bytes is not a whole number of int32")
-            ids = np.frombuffer(b_ids, dtype="<i4")
-            mask = np.frombuffer(b_mask, dtype=np.uint8)
-            if len(ids) != len(mask):
-                return self.skip("length_mismatch", where, f"{len(ids)} ids but {len(mask)} mask entries")
-            if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-                return self.skip("token_out_of_range", f"{where}.ids",
-                                 f"ids in [{ids.min()}, {ids.max()}], tokenizer has {self.vocab_size}")
-        if len(ids) < 2:
-            return self.skip("empty", where, f"{len(ids)} tokens")
-        if len(ids) > self.seq_len and not self.split_samples:
-            if self.overlong == "skip":
-                return self.skip("overlong", where, f"{len(ids)} tokens > seq_len {self.seq_len}")
-            self.truncated += 1
-            ids, mask = ids[:self.seq_len], mask[:self.seq_len]
-        labels = shifted_labels(ids, mask)
-        if not (labels != IGNORE).any():
-            return self.skip("no_loss_tokens", where, "no assistant token to learn from")
-        return Sample(np.asarray(ids, dtype=np.int32), labels, 0, self.index)
 
     def state_dict(self) -> dict:
         return {"skipped": dict(self.skipped), "truncated": self.truncated, "retokenized": self.retokenized}
@@ -152,116 +70,144 @@ class SourceSpec:
         self.retokenized = sd["retokenized"]
 
 
+def normal_tasks(name: str, seed: int, n_shards: int, shuffle: bool, slot: int, n_slots: int,
+                 epoch: int) -> list[tuple[int, int, int, int]]:
+    """One slot's (epoch, shard, start, step) tasks for an epoch. Shards are shuffled with a
+    seed every slot shares, then dealt round-robin; with fewer shards than slots every slot
+    reads every shard and keeps every n-th member (shifted per shard), so small downstream
+    sets still reach every rank."""
+    order = list(range(n_shards))
+    if shuffle:
+        random.Random(f"{seed}|{name}|shards|{epoch}").shuffle(order)
+    if n_shards < n_slots:
+        return [(epoch, s, (slot - j) % n_slots, n_slots) for j, s in enumerate(order)]
+    return [(epoch, s, 0, 1) for s in order[slot::n_slots]]
+
+
 class ShardReader:
-    """One (rank, worker) slot's view of a source.
+    """One (rank, worker) slot's view of a source."""
 
-    Shards are shuffled per epoch with a seed every slot shares, then dealt round-robin
-    to the slots; with fewer shards than slots every slot reads all shards and keeps every
-    n-th sample instead, so small downstream sets still reach every rank."""
-
-    def __init__(self, spec: SourceSpec, slot: int, n_slots: int):
-        self.spec, self.slot, self.n_slots = spec, slot, n_slots
-        self.epoch = self.shard_pos = self.in_shard = self.epoch_counter = 0
-        self.epochs_done = self.good_in_epoch = 0
+    def __init__(self, policy: SourcePolicy, counters: SourceCounters, slot: int, n_slots: int):
+        self.policy, self.counters, self.slot, self.n_slots = policy, counters, slot, n_slots
+        self.epoch = self.epochs_done = self.good_in_epoch = 0
         self.eof = False
         self.buffer: list[Sample] = []
         self._it = None
-        self._start_epoch()
+        self._start_epoch(None)
 
-    def _start_epoch(self):
-        spec, n = self.spec, len(self.spec.urls)
-        order = list(range(n))
-        if spec.shuffle_shards:
-            random.Random(f"{spec.seed}|{spec.name}|shards|{self.epoch}").shuffle(order)
-        self.by_sample = n < self.n_slots
-        self.shards = [spec.urls[i] for i in (order if self.by_sample else order[self.slot::self.n_slots])]
-        self.rng = random.Random(f"{spec.seed}|{spec.name}|buffer|{self.slot}|{self.epoch}")
+    def _start_epoch(self, tasks):
+        """Normal tasks for self.epoch, or the given ones (a plan written by remap)."""
+        p = self.policy
+        self.custom = tasks is not None
+        self.tasks = [tuple(t) for t in tasks] if self.custom else \
+            normal_tasks(p.name, p.seed, len(p.urls), p.shuffle_shards, self.slot, self.n_slots, self.epoch)
+        self.task = self.in_shard = 0
+        self.rng = random.Random(f"{p.seed}|{p.name}|buffer|{self.slot}|{self.epoch}"
+                                 + (f"|of{self.n_slots}" if self.custom else ""))
 
     def _end_epoch(self):
-        spec = self.spec
-        if self.good_in_epoch == 0:
-            raise DataError(f"source {spec.name}: a whole epoch gave rank/worker slot {self.slot} of "
-                            f"{self.n_slots} no usable sample (skips so far: {spec.skipped}); "
-                            f"{len(spec.urls)} shard(s) may hold fewer samples than ranks x workers")
+        p = self.policy
+        if self.good_in_epoch == 0 and not self.custom:
+            raise DataError(f"source {p.name}: a whole epoch gave rank/worker slot {self.slot} of "
+                            f"{self.n_slots} no usable sample (skips so far: {self.counters.skipped}); "
+                            f"{len(p.urls)} shard(s) may hold fewer samples than ranks x workers")
         self.epochs_done += 1
-        if spec.max_epochs is not None and self.epochs_done >= spec.max_epochs:
+        if p.max_epochs is not None and self.epochs_done >= p.max_epochs:
             self.eof = True
             return
         self.epoch += 1
-        self.shard_pos = self.in_shard = self.epoch_counter = self.good_in_epoch = 0
-        self._start_epoch()
+        self.good_in_epoch = 0
+        self._start_epoch(None)
+
+    def _next_task(self):
+        self._it, self.task, self.in_shard = None, self.task + 1, 0
 
     def _next_raw(self):
+        """(epoch, shard, member, url, key, parts) of the next member this slot reads, or None."""
         while not self.eof:
+            if self.task >= len(self.tasks):
+                self._end_epoch()
+                continue
+            epoch, shard, start, step = self.tasks[self.task]
+            url = self.policy.urls[shard]
             if self._it is None:
-                if self.shard_pos >= len(self.shards):
-                    self._end_epoch()
-                    continue
-                self._url = self.shards[self.shard_pos]
-                self._it = iter_shard(self._url, skip=self.in_shard)
+                self.in_shard = max(self.in_shard, start)
+                self._skip, self._yielded = self.in_shard, 0
+                self._it = iter_shard(url, skip=self.in_shard)
             try:
                 try:
                     key, parts = next(self._it)
                 except StopIteration:
-                    want = self.spec.expected.get(self._url)
-                    if want is not None and want != self.in_shard:
-                        raise DataError(f"{self._url}: {self.in_shard} samples, but the manifest "
+                    want = self.policy.expected.get(url)
+                    if want is not None and want != self.in_shard and (self._yielded or self._skip < want):
+                        raise DataError(f"{url}: {self.in_shard} samples, but the manifest "
                                         f"lists {want} (shard replaced or truncated?)") from None
-                    self._it, self.shard_pos, self.in_shard = None, self.shard_pos + 1, 0
+                    self._next_task()
                     continue
             except DataError as e:
-                if self.spec.bad_shards == "error":
+                if self.policy.bad_shards == "error":
                     raise
-                self.spec.skip("corrupt_shard", self._url, f"rest of shard dropped: {e}")
-                self._it, self.shard_pos, self.in_shard = None, self.shard_pos + 1, 0
+                self.counters.skip(Skip("corrupt_shard", url, f"rest of shard dropped: {e}"))
+                self._next_task()
                 continue
+            member = self.in_shard
             self.in_shard += 1
-            counter, self.epoch_counter = self.epoch_counter, self.epoch_counter + 1
-            if self.by_sample and counter % self.n_slots != self.slot:
+            self._yielded += 1
+            if (member - start) % step:
                 continue
-            return self._url, key, parts
+            return epoch, shard, member, url, key, parts
         return None
 
     def next(self) -> Sample:
-        size = max(1, self.spec.shuffle_buffer)
+        size = max(1, self.policy.shuffle_buffer)
         while len(self.buffer) < size:
             raw = self._next_raw()
             if raw is None:
                 break
-            sample = self.spec.decode(*raw, epoch=self.epoch)
-            if sample is not None:
-                self.good_in_epoch += 1
-                self.buffer.append(sample)
+            epoch, shard, member, url, key, parts = raw
+            got = decode(self.policy.rules, url, key, parts, epoch)
+            if isinstance(got, Skip):
+                self.counters.skip(got)
+                continue
+            self.counters.retokenized += got.retokenized
+            self.counters.truncated += got.truncated
+            got.sample.ref = (epoch, shard, member)
+            self.good_in_epoch += 1
+            self.buffer.append(got.sample)
         if not self.buffer:
-            raise SourceExhausted(self.spec.name)
+            raise SourceExhausted(self.policy.name)
         j = self.rng.randrange(len(self.buffer))
         self.buffer[j], self.buffer[-1] = self.buffer[-1], self.buffer[j]
         return self.buffer.pop()
 
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
-        return {"epoch": self.epoch, "shard_pos": self.shard_pos, "in_shard": self.in_shard,
-                "epoch_counter": self.epoch_counter, "epochs_done": self.epochs_done,
-                "good_in_epoch": self.good_in_epoch, "eof": self.eof,
-                "rng": [version, list(internal), gauss], "buffer": samples_to_state(self.buffer)}
+        return {"epoch": self.epoch, "task": self.task, "in_shard": self.in_shard,
+                "tasks": [list(t) for t in self.tasks] if self.custom else None,
+                "epochs_done": self.epochs_done, "good_in_epoch": self.good_in_epoch, "eof": self.eof,
+                "rng": [version, list(internal), gauss], "buffer": refs_to_state(self.buffer)}
 
-    def load_state_dict(self, sd: dict):
-        for k in ("epoch", "shard_pos", "in_shard", "epoch_counter", "epochs_done", "good_in_epoch", "eof"):
+    def load_state_dict(self, sd: dict, policies):
+        for k in ("epoch", "epochs_done", "good_in_epoch", "eof"):
             setattr(self, k, sd[k])
-        self._start_epoch()
-        version, internal, gauss = sd["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-        self.buffer = samples_from_state(sd["buffer"])
+        self._start_epoch(sd["tasks"])
+        self.task, self.in_shard = sd["task"], sd["in_shard"]
+        if sd["rng"] is not None:
+            version, internal, gauss = sd["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+        self.buffer = load_samples(policies, sd["buffer"])
         self._it = None
 
 
 class SourceStream:
     """A source on one rank: its worker slots read in turn, as DataLoader workers would be."""
 
-    def __init__(self, spec: SourceSpec, rank: int, world_size: int, num_workers: int):
-        self.spec = spec
+    def __init__(self, policy: SourcePolicy, rank: int, world_size: int, num_workers: int):
+        self.policy = policy
+        self.counters = SourceCounters(policy)
         n = world_size * num_workers
-        self.readers = [ShardReader(spec, rank * num_workers + w, n) for w in range(num_workers)]
+        self.readers = [ShardReader(policy, self.counters, rank * num_workers + w, n)
+                        for w in range(num_workers)]
         self.turn = 0
 
     def next(self) -> Sample:
@@ -274,21 +220,21 @@ class SourceStream:
                 return reader.next()
             except SourceExhausted:
                 continue
-        raise SourceExhausted(self.spec.name)
+        raise SourceExhausted(self.policy.name)
 
     @property
     def epochs(self) -> int:
         return min(r.epochs_done for r in self.readers)
 
     def state_dict(self) -> dict:
-        return {"turn": self.turn, "spec": self.spec.state_dict(),
+        return {"turn": self.turn, "spec": self.counters.state_dict(),
                 "readers": [r.state_dict() for r in self.readers]}
 
-    def load_state_dict(self, sd: dict):
+    def load_state_dict(self, sd: dict, policies):
         if len(sd["readers"]) != len(self.readers):
-            raise DataError(f"source {self.spec.name}: state has {len(sd['readers'])} workers, "
+            raise DataError(f"source {self.policy.name}: state has {len(sd['readers'])} workers, "
                             f"stream has {len(self.readers)}")
         self.turn = sd["turn"]
-        self.spec.load_state_dict(sd["spec"])
+        self.counters.load_state_dict(sd["spec"])
         for r, s in zip(self.readers, sd["readers"]):
-            r.load_state_dict(s)
+            r.load_state_dict(s, policies)

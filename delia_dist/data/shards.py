@@ -22,6 +22,7 @@ from .errors import DataError, RecordError
 from .records import to_messages, tokenize_messages, tokenizer_info
 
 MANIFEST = "manifest.json"
+SAMPLE_MEMBERS = {"json", "ids", "mask"}
 FORMAT = "delia-shards/1"
 
 
@@ -202,15 +203,18 @@ def iter_shard(url: str, skip: int = 0):
     """Yield (key, {ext: bytes}) per sample of a tar shard (plain or gzip), in member order,
     after skipping the first `skip` samples. Members are only read as bytes: nothing is
     extracted to disk and nothing is unpickled. Raises DataError naming the shard and the
-    member where reading failed (truncated tar, bad gzip, failing pipe)."""
+    member where reading failed (truncated tar, bad gzip, failing pipe), after yielding the
+    sample read just before the failure if it has every member its predecessor had (a
+    sample is only known complete when the next one starts, or when the archive ends)."""
     stream = open_url(url)
     last = "<start>"
+    key, parts, exts, index, prev_exts = None, {}, set(), 0, None
+    error = None
     try:
         head = stream.read(2)
         f = _Prefixed(head, stream)
         if head == b"\x1f\x8b":
             f = gzip.GzipFile(fileobj=f, mode="rb")
-        key, parts, index = None, {}, 0
         for name, data in _tar_members(f):
             last = name
             k, _, ext = name.rsplit("/", 1)[-1].partition(".")
@@ -219,7 +223,9 @@ def iter_shard(url: str, skip: int = 0):
                     if index >= skip:
                         yield key, parts
                     index += 1
-                key, parts = k, {}
+                    prev_exts = exts
+                key, parts, exts = k, {}, set()
+            exts.add(ext)
             if index >= skip:
                 parts[ext] = data
         if key is not None and index >= skip:
@@ -227,13 +233,17 @@ def iter_shard(url: str, skip: int = 0):
         last = "<end>"
         stream.close()  # a pipe: reports its command's exit status here
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
-        raise DataError(f"{url}: corrupt or unreadable shard near member {last!r}: "
-                        f"{type(e).__name__}: {e}") from None
+        error = DataError(f"{url}: corrupt or unreadable shard near member {last!r}: "
+                          f"{type(e).__name__}: {e}")
     finally:
         try:
             stream.close()
         except (OSError, ValueError):
             pass
+    if error is not None:
+        if key is not None and index >= skip and last != "<end>" and exts >= (prev_exts or SAMPLE_MEMBERS):
+            yield key, parts
+        raise error
 
 
 def load_manifest(path: str) -> dict:

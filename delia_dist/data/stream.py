@@ -11,15 +11,17 @@ import logging
 
 import numpy as np
 
+from .decode import IGNORE, DecodeRules
 from .errors import DataError
 from .mixer import TokenMixer
 from .packer import Packer
-from .reader import IGNORE, SourceSpec, SourceStream
+from .reader import SourcePolicy, SourceStream
 from .records import fingerprint
+from .refs import load_samples
 from .sources import load_paraphrases, resolve_shards
 
 log = logging.getLogger("delia_dist.data")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: buffered samples by reference, reader plans of tasks
 
 
 def check_tokenizer(source: str, where: str, manifest: dict | None, tokenizer) -> tuple[str, list[str]]:
@@ -45,8 +47,36 @@ def check_tokenizer(source: str, where: str, manifest: dict | None, tokenizer) -
                     f"{len(tokenizer)} tokens); re-run `delia data shard` with the training tokenizer")
 
 
+def source_policy(index: int, s, cfg, tokenizer, check_json: bool = False) -> SourcePolicy:
+    """Source `s` of data config `cfg` as the readers see it: its shards and fixed rules."""
+    urls, manifest, where = resolve_shards(s.shards)
+    if not urls:
+        raise DataError(f"source {s.name}: {where} lists no shards")
+    _, added = check_tokenizer(s.name, where, manifest, tokenizer)
+    max_epochs = s.max_epochs if s.max_epochs is not None else (1 if s.on_exhausted == "stop" else None)
+    rules = DecodeRules(source=index, name=s.name, seed=cfg.seed, vocab_size=len(tokenizer),
+                        seq_len=cfg.seq_len, tokenizer=tokenizer,
+                        added_tokens=tuple(t.encode() for t in added),
+                        paraphrases=load_paraphrases(s.paraphrases) if s.paraphrases else None,
+                        overlong=cfg.overlong, split_samples=cfg.split_samples, check_json=check_json)
+    return SourcePolicy(index=index, name=s.name, urls=tuple(urls), rules=rules,
+                        expected={sh["url"]: sh["samples"] for sh in manifest["shards"]} if manifest else {},
+                        max_epochs=max_epochs, bad_records=cfg.bad_records, bad_shards=cfg.bad_shards,
+                        seed=cfg.seed, shuffle_shards=cfg.shuffle_shards, shuffle_buffer=cfg.shuffle_buffer)
+
+
+def layout_difference(saved: dict, now: dict) -> str:
+    """What differs between a checkpoint's stream layout and this run's, in words."""
+    parts = []
+    for k, v in now.items():
+        old = saved.get(k)
+        if old != v:
+            parts.append(f"{k}: checkpoint {old!r}, config {v!r}")
+    return "; ".join(parts)
+
+
 class TrainStream:
-    """Iterate for dicts of [micro_batch_size, seq_len] tensors (see CONTRACTS.md)."""
+    """Iterate for dicts of [micro_batch_size, seq_len] tensors."""
 
     def __init__(self, cfg, tokenizer, rank: int = 0, world_size: int = 1, micro_batch_size: int = 1,
                  num_workers: int | None = None):
@@ -57,24 +87,10 @@ class TrainStream:
         self.source_names = [s.name for s in cfg.sources]
         self._layout = {"rank": rank, "world_size": world_size, "workers": workers,
                         "seq_len": cfg.seq_len, "seed": cfg.seed, "sources": list(self.source_names)}
-        vocab_size = len(tokenizer)
-        self.sources = []
-        for i, s in enumerate(cfg.sources):
-            urls, manifest, where = resolve_shards(s.shards)
-            if not urls:
-                raise DataError(f"source {s.name}: {where} lists no shards")
-            mode, added = check_tokenizer(s.name, where, manifest, tokenizer)
-            max_epochs = s.max_epochs if s.max_epochs is not None else (1 if s.on_exhausted == "stop" else None)
-            spec = SourceSpec(
-                index=i, name=s.name, urls=urls,
-                expected={sh["url"]: sh["samples"] for sh in manifest["shards"]} if manifest else {},
-                tokenizer=tokenizer, vocab_size=vocab_size,
-                retokenize=mode, added_tokens=added,
-                paraphrases=load_paraphrases(s.paraphrases) if s.paraphrases else None,
-                seq_len=cfg.seq_len, overlong=cfg.overlong, split_samples=cfg.split_samples,
-                max_epochs=max_epochs, bad_records=cfg.bad_records, bad_shards=cfg.bad_shards,
-                seed=cfg.seed, shuffle_shards=cfg.shuffle_shards, shuffle_buffer=cfg.shuffle_buffer)
-            self.sources.append(SourceStream(spec, rank, world_size, workers))
+        self.policies = [source_policy(i, s, cfg, tokenizer) for i, s in enumerate(cfg.sources)]
+        self._layout["shards"] = [len(p.urls) for p in self.policies]
+        self._layout["shuffle_shards"] = cfg.shuffle_shards
+        self.sources = [SourceStream(p, rank, world_size, workers) for p in self.policies]
         self.mixer = TokenMixer(self.sources, [s.weight for s in cfg.sources])
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.packer = Packer(self.mixer.next, cfg.seq_len, cfg.pack_buffer, cfg.pack,
@@ -113,9 +129,9 @@ class TrainStream:
 
     def stats(self) -> dict:
         """Per-source counters on this rank: samples, tokens, epochs, skipped by reason."""
-        return {s.spec.name: {"samples": self.mixer.samples[i], "tokens": self.mixer.tokens[i],
-                              "epochs": s.epochs, "skipped": dict(s.spec.skipped),
-                              "truncated": s.spec.truncated, "retokenized": s.spec.retokenized}
+        return {s.policy.name: {"samples": self.mixer.samples[i], "tokens": self.mixer.tokens[i],
+                                "epochs": s.epochs, "skipped": dict(s.counters.skipped),
+                                "truncated": s.counters.truncated, "retokenized": s.counters.retokenized}
                 for i, s in enumerate(self.sources)}
 
     @property
@@ -129,16 +145,18 @@ class TrainStream:
                 "mixer": self.mixer.state_dict(), "packer": self.packer.state_dict()}
 
     def load_state_dict(self, sd: dict):
+        """Restore a state saved with this layout (a state of another world size goes through
+        remap_stream_states first); sources, shards or seq_len that changed are an error."""
         if sd.get("version") != STATE_VERSION:
-            raise DataError(f"data stream state version {sd.get('version')} != {STATE_VERSION}")
+            raise DataError(f"data stream state version {sd.get('version')} != {STATE_VERSION} "
+                            f"(saved by another delia version); it cannot be resumed")
         if sd["layout"] != self._layout:
-            diff = {k: (sd["layout"].get(k), v) for k, v in self._layout.items() if sd["layout"].get(k) != v}
-            raise DataError(f"data stream state was saved with a different layout "
-                            f"(saved, now): {diff}; resume with the same ranks, workers and sources")
+            raise DataError(f"the data stream in the checkpoint does not match the config: "
+                            f"{layout_difference(sd['layout'], self._layout)}")
         for s, st in zip(self.sources, sd["sources"]):
-            s.load_state_dict(st)
+            s.load_state_dict(st, self.policies)
         self.mixer.load_state_dict(sd["mixer"])
-        self.packer.load_state_dict(sd["packer"])
+        self.packer.load_state_dict(sd["packer"], lambda refs: load_samples(self.policies, refs))
         self.done = sd["done"]
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from datakit import chat_records, task_records, write_shards
 
 

@@ -10,10 +10,10 @@ import tarfile
 
 import numpy as np
 import pytest
+from datakit import chat_records, data_cfg, write_shards
 
 from delia_dist.data import DataError, build_train_stream
 from delia_dist.data.records import tokenizer_info
-from datakit import chat_records, data_cfg, write_shards
 
 
 def raw_shard(path, samples):
@@ -176,3 +176,54 @@ def test_overlong_skip_counted(tmp_path, tiny_tokenizer):
                                 tiny_tokenizer)
     list(stream)
     assert stream.stats()["o"]["skipped"] == {"overlong": 1}
+
+
+@pytest.mark.parametrize("where", ["next_header", "next_member_data", "last_member_data"])
+def test_truncated_tar_keeps_every_complete_sample(tmp_path, tiny_tokenizer, where):
+    """With bad_shards: skip, a cut shard gives every sample whose members all precede the
+    cut, then one counted skip."""
+    d = tmp_path / "cut"
+    write_shards(d, tiny_tokenizer, chat_records(20), max_shard_bytes=1 << 30)
+    shard = d / "shard-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = tar.getmembers()
+    k = 11  # samples 0..k-1 are complete before the cut
+    first_of_next, last_of_prev = members[3 * k], members[3 * k - 1]
+    cut = {"next_header": first_of_next.offset + 100,
+           "next_member_data": first_of_next.offset_data + first_of_next.size // 2,
+           "last_member_data": last_of_prev.offset_data + last_of_prev.size // 2}[where]
+    complete = k - 1 if where == "last_member_data" else k
+    shard.write_bytes(shard.read_bytes()[:cut])
+    cfg = data_cfg([("c", d / "manifest.json", 1.0, {"on_exhausted": "stop"})], pack="none",
+                   bad_shards="skip", seq_len=512)
+    stream = build_train_stream(cfg, tiny_tokenizer)
+    assert len(list(stream)) == complete
+    st = stream.stats()["c"]
+    assert st["samples"] == complete and st["skipped"] == {"corrupt_shard": 1}
+
+
+def test_inspect_counts_bad_members_by_reason(tmp_path, tiny_tokenizer, tiny_tokenizer_dir, capsys):
+    """`delia data inspect` decodes as training does: a shard with bad members is not clean."""
+    from delia_dist.cli import main
+    record = chat_records(1)[0]
+    ok = good_parts(record=record)
+    samples = [("c0", ok),
+               ("c1", {**ok, "json": b'{"messages": "caf\xe9"}'}),       # Latin-1, not UTF-8
+               ("c2", {**ok, "json": b'{"messages": [}'}),                # malformed JSON
+               ("c3", {**ok, "json": json.dumps({"messages": []}).encode()}),  # no messages
+               ("c4", {**ok, "ids": b"\x01\x02\x03"}),                    # not whole int32s
+               ("c5", good_parts(record=record, mask=(0,) * 8)),          # nothing to learn
+               ("c6", ok)]
+    raw_shard(tmp_path / "s-0.tar", samples)
+    m = manifest_for(tmp_path, tiny_tokenizer, {"s-0.tar": 7})
+    assert main(["data", "inspect", str(m), "--tokenizer", str(tiny_tokenizer_dir), "-n", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "read 7 samples" in out and "5 bad (bad_ids 1, bad_json 1, bad_record 1, bad_utf8 1, " \
+                                        "no_loss_tokens 1)" in out, out
+    assert "s-0.tar member c1.json" in out and "not valid UTF-8" in out
+
+    data = (tmp_path / "s-0.tar").read_bytes()
+    (tmp_path / "s-0.tar").write_bytes(data[:len(data) // 2])
+    assert main(["data", "inspect", str(m)]) == 1
+    out = capsys.readouterr().out
+    assert "corrupt_shard 1" in out and "s-0.tar" in out

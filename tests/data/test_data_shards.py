@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from datakit import INSTRUCTION, chat_records, task_records, write_shards
 
 from delia_dist.cli import main
 from delia_dist.data.records import to_messages, tokenize_messages
 from delia_dist.data.shards import iter_shard, load_manifest
-from datakit import INSTRUCTION, chat_records, task_records, write_shards
 
 
 def test_writer_roundtrip_and_manifest(tmp_path, tiny_tokenizer):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from datakit import INSTRUCTION, data_cfg, task_records, write_shards
 
 from delia_dist.data import DataError, build_train_stream
-from datakit import INSTRUCTION, data_cfg, task_records, write_shards
 
 
 def take(stream, n):
