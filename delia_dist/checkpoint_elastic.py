@@ -109,3 +109,19 @@ def remapped_rank_state(path: Path, old_world: int, rank: int, new_world: int) -
     if len(streams) != new_world:
         raise RuntimeError(f"remap_stream_states returned {len(streams)} states for {new_world} ranks")
     return {**old[rank % old_world], "stream": streams[rank]}
+
+
+def check_resume_compatible(given, saved) -> None:
+    """A stream position means nothing under other sources or another sequence length, so a
+    resume with either changed stops here with one line naming the difference (other
+    settings are taken from the checkpoint with a warning, see trainer._resume_config)."""
+    from .config import ConfigError
+    diffs = []
+    now, then = [s.name for s in given.data.sources], [s.name for s in saved.data.sources]
+    if now != then:
+        diffs.append(f"data.sources: checkpoint {then}, config {now}")
+    if given.data.seq_len != saved.data.seq_len:
+        diffs.append(f"data.seq_len: checkpoint {saved.data.seq_len}, config {given.data.seq_len}")
+    if diffs:
+        raise ConfigError("cannot resume this run with a different data layout: " + "; ".join(diffs)
+                          + " (use a new run_dir, or checkpoint.resume=none)", key="checkpoint.resume")

@@ -18,6 +18,7 @@ import torch
 
 from . import distributed
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .checkpoint_elastic import check_resume_compatible
 from .config import Config, config_from_dict, to_dict
 
 log = logging.getLogger("delia.train")
@@ -96,6 +97,7 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
     resume_from = ckpt.resolve(cfg.checkpoint.resume)
     if resume_from is not None:
         saved = json.loads((resume_from / "trainer_state.json").read_text())
+        check_resume_compatible(cfg, config_from_dict(saved["config"]))
         cfg = _resume_config(cfg, config_from_dict(saved["config"]))
 
     ds_config = ds_config_for(cfg, world)

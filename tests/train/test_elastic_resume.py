@@ -101,3 +101,17 @@ def test_resumed_on_one_rank_the_loss_carries_on(ws, two_rank):
     t = load_config(REPO / "configs/tiny_cpu.yaml").train
     sched = LRSchedule(t.lr, t.warmup_steps, 2 * STOP, t.schedule, t.min_lr_ratio)
     assert rows[STOP]["lr"] == pytest.approx(sched.lr_at(STOP))
+
+
+def test_resume_with_another_sequence_length_is_one_clear_line(ws, two_rank):
+    src, _ = two_rank
+    run = ws / "seqlen"
+    shutil.copytree(src, run)
+    cmd = [sys.executable, "-m", "delia_dist.cli", "train", str(REPO / "configs/tiny_cpu.yaml"), "--nproc", "1",
+           "--set", f"run_dir={run}", "--set", "data.seq_len=128", "--set", f"train.max_steps={2 * STOP}"]
+    proc = subprocess.run(cmd, cwd=ws, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.splitlines() if "data.seq_len: checkpoint 256, config 128" in l]
+    assert len(lines) == 1 and "cannot resume" in lines[0], proc.stderr[-3000:]
+    assert "training failed" not in proc.stderr  # a config error: the line, no rank traceback
