@@ -125,3 +125,26 @@ def check_resume_compatible(given, saved) -> None:
     if diffs:
         raise ConfigError("cannot resume this run with a different data layout: " + "; ".join(diffs)
                           + " (use a new run_dir, or checkpoint.resume=none)", key="checkpoint.resume")
+
+
+def budget_tokens_per_step(cfg, world: int) -> int:
+    """Token-budget units one optimizer step consumes (what trainer.max_steps_for divides by)."""
+    return cfg.data.seq_len * cfg.train.micro_batch_size * cfg.train.grad_accum * world
+
+
+def steps_after_resume(cfg, world: int, counters: dict, schedule, total_steps: int,
+                       saved_world: int | None) -> int:
+    """The resumed run's number of steps. Under data.token_budget it is the steps done plus
+    the budget left at this world size's tokens per step (a plain recount would train a
+    shrunk job past its budget), and the lr schedule is stretched from where it stood."""
+    if cfg.train.max_steps is not None or cfg.data.token_budget is None:
+        schedule.anchor, schedule.max_steps = None, max(1, total_steps)
+        return total_steps
+    if "budget_tokens" not in counters:  # written before this counter existed: one world size
+        counters["budget_tokens"] = counters["step"] * budget_tokens_per_step(cfg, saved_world or world)
+    left = max(0, cfg.data.token_budget - counters["budget_tokens"])
+    total = counters["step"] + left // budget_tokens_per_step(cfg, world)  # floor, as max_steps_for
+    schedule.max_steps = int(getattr(schedule, "saved_max_steps", None) or schedule.max_steps)
+    if total != schedule.max_steps:
+        schedule.resize(total)
+    return total

@@ -18,7 +18,7 @@ import torch
 
 from . import distributed
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .checkpoint_elastic import check_resume_compatible
+from .checkpoint_elastic import budget_tokens_per_step, check_resume_compatible, steps_after_resume
 from .config import Config, config_from_dict, to_dict
 
 log = logging.getLogger("delia.train")
@@ -124,6 +124,7 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
         stream.load_state_dict(rank_state["stream"])
         schedule.load_state_dict(shared["schedule"])
         counters.update(shared["counters"])
+        total_steps = steps_after_resume(cfg, world, counters, schedule, total_steps, shared.get("world_size"))
         tracker.load_state_dict(shared.get("tracker") or {})
         log.info("resumed from %s at step %d", resume_from, counters["step"])
     tracker.start(to_dict(cfg), tags={
@@ -177,6 +178,7 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
             break
         schedule.advance()
         counters["step"] += 1
+        counters["budget_tokens"] = counters.get("budget_tokens", 0) + budget_tokens_per_step(cfg, world)
         step = counters["step"]
         glob = distributed.all_reduce_sum(step_stats)
         sums, counts = glob[:len(names)], glob[len(names):2 * len(names)]
