@@ -43,11 +43,11 @@ class OutTensor:
 
 def export_peak_bytes(largest_numel: int, out_dtype_bytes: int, largest_lora_numel: int = 0,
                       remap_bytes: int = 1 << 30) -> int:
-    """Peak memory of the streaming export beyond the interpreter: the largest parameter
-    gathered in fp32 + its cast copy (a LoRA-merged one also holds the fp32 B @ A product)
-    + the mapped input pages read since the last re-open."""
-    return max(largest_numel * (4 + out_dtype_bytes),
-               largest_lora_numel * (8 + out_dtype_bytes)) + remap_bytes
+    """Peak memory of the streaming export beyond the interpreter: the largest parameter's
+    mapped input pages (fp32) + its gathered fp32 copy + its cast copy (a LoRA-merged one
+    also holds the fp32 B @ A product) + the pages mapped since the last re-open."""
+    return max(largest_numel * (8 + out_dtype_bytes),
+               largest_lora_numel * (12 + out_dtype_bytes)) + remap_bytes
 
 
 def plan_tensors(reader, lora_cfg, tied: bool) -> list[OutTensor]:

@@ -116,7 +116,7 @@ class ZeroReader:
         else:
             parts = [_slice_groups(flats[r], self.trainable[name][0], -(-numel // self.world))
                      for r in range(self.world)]
-        out = torch.cat(parts)[:numel].to(torch.float32).reshape(shape).clone()
+        out = torch.cat(parts)[:numel].to(torch.float32).reshape(shape)  # cat copies out of the maps
         del parts
         self._read += numel * 4
         if self._read >= self.remap_bytes:

@@ -18,6 +18,20 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_PRELUDE = "import os; os.environ.setdefault('OMP_NUM_THREADS', '1')\n"
+# Everything either export imports is loaded first; then the kernel's peak-RSS mark is
+# reset (clear_refs 5), so VmHWM - VmRSS is what the export itself added at its peak.
+MEASURE = r"""
+import transformers, deepspeed, safetensors, torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+import delia_dist.export, delia_dist.zero_reader
+def vm(key):
+    return int([l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1]) * 1024
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return vm("VmRSS:")
+"""
 
 MAKE_CKPT = ENV_PRELUDE + r"""
 import socket, sys, torch, deepspeed
@@ -42,22 +56,19 @@ CheckpointManager(root, 1).save(engine, 1, {"rng": rng_state()},
                                 {"step": 1, "config": to_dict(cfg), "new_tokens": report}, tok)
 """
 
-NEW_EXPORT = ENV_PRELUDE + r"""
-import resource, sys
+NEW_EXPORT = ENV_PRELUDE + MEASURE + r"""
+import sys
 from delia_dist.export import export_checkpoint
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = reset_peak()
 export_checkpoint(sys.argv[1], sys.argv[2], remap_bytes=64 << 20)
-print("RSS", base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print("RSS", base, vm("VmHWM:"))
 """
 
 # What `delia ckpt export` did before: the merged fp32 state dict, then an fp32 model.
-OLD_EXPORT = ENV_PRELUDE + r"""
-import json, resource, sys, torch
+OLD_EXPORT = ENV_PRELUDE + MEASURE + r"""
+import json, sys
 from pathlib import Path
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-from transformers import AutoConfig, AutoModelForCausalLM
-import delia_dist.export
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = reset_peak()
 ckpt = Path(sys.argv[1])
 shared = json.loads((ckpt / "trainer_state.json").read_text())
 state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
@@ -67,7 +78,7 @@ config.vocab_size = shared["new_tokens"]["new_vocab"]
 model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 model.load_state_dict(state, strict=False)
 model.save_pretrained(sys.argv[2], safe_serialization=True)
-print("RSS", base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print("RSS", base, vm("VmHWM:"))
 """
 
 
@@ -104,8 +115,8 @@ def test_export_peak_memory_is_one_tensor_not_the_model(smollm2_ckpt, smollm2_di
           f"streaming export +{new_extra / 2**20:.0f} MiB over its imports, old export +{old_extra / 2**20:.0f} MiB")
     from delia_dist.export import export_peak_bytes
     bound = export_peak_bytes(largest, 4, remap_bytes=64 << 20)
-    assert new_extra < bound + (96 << 20), (new_extra, bound)  # + allocator slack and tokenizer
-    assert new_extra < 0.6 * model_bytes < old_extra, (new_extra, old_extra, model_bytes)
+    assert new_extra < bound + (64 << 20), (new_extra, bound)  # + allocator slack and tokenizer
+    assert old_extra > 2 * model_bytes and new_extra < old_extra / 3, (new_extra, old_extra, model_bytes)
 
 
 def test_real_tied_model_exports_tied_with_its_weights(smollm2_ckpt, smollm2_dir, tmp_path):
@@ -146,5 +157,5 @@ def test_70b_export_fits_a_node():
     old = 2 * 4 * params
     largest = arch.vocab * arch.hidden  # embed_tokens / lm_head: 1.05 G elements
     new = export_peak_bytes(largest, out_dtype_bytes=2, largest_lora_numel=arch.hidden * arch.heads * arch.head_dim)
-    assert old > 560e9 and new < 8e9, (old, new)  # ~565 GB -> ~7.4 GB, written in bf16 (141 GB on disk)
+    assert old > 560e9 and new < 12e9, (old, new)  # ~565 GB -> ~11.6 GB, written in bf16 (141 GB on disk)
     assert new < old / 70
