@@ -72,7 +72,8 @@ def _convert(path: Path, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     log.info("converting %s to DeepSpeed's universal format for a new world size (once)", path)
-    workers = max(1, min(8, (os.cpu_count() or 1) // 2))
+    # Each extract worker holds one rank's optimizer file (70B on 64 ranks: ~13 GB), so few.
+    workers = max(1, min(4, (os.cpu_count() or 1) // 2))
     args = argparse.Namespace(input_folder=str(path), output_folder=str(tmp), num_extract_workers=workers,
                               num_merge_workers=max(1, workers // 2), keep_temp_folder=False, strict=True,
                               inject_missing_state=False)
