@@ -224,13 +224,13 @@ def test_experiment_slurm_backend_runs_on_the_real_cluster(slurm, workspace):
     import sys
     env = {**slurm.env, "OMP_NUM_THREADS": "1", "DELIA_DIST_TIMEOUT": "60"}
     proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "experiment", str(REPO / "configs/tiny_cpu.yaml"),
-                           "--only", "baseline", "--set", "experiment.backend=slurm", "--set", "run_dir=runs/exp",
+                           "--only", "baseline", "--set", "experiment.backend=slurm",
                            "--set", "train.max_steps=6", "--set", "eval.max_new_tokens=8"],
                           cwd=workspace, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT + 300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((workspace / "runs/exp/experiment_results.json").read_text())
+    results = json.loads((workspace / "runs/tiny/experiment_results.json").read_text())  # the config's run_dir
     assert [r["status"] for r in results] == ["ok"], results
     assert results[0]["steps"] == 6 and 0 <= results[0]["eval/translation/chrf"] <= 100
-    log = (workspace / "runs/exp/baseline/train.log").read_text()
+    log = (workspace / "runs/tiny/baseline/train.log").read_text()
     assert "$ sbatch --parsable --wait --job-name=delia-baseline" in log
     assert "[rank 0] slurm: rank 0/2" in log and "training completed at step 6" in log
