@@ -3,9 +3,12 @@
 Layout: <dir>/step_<N>/ holds DeepSpeed's per-rank model and optimizer shards, one
 rank_<r>.pt per rank (its RNG states and data-stream position), trainer_state.json (step,
 counters, scheduler, tracker run, resolved config), the tokenizer, and COMPLETE.
-Everything is written under .tmp-step_<N>; only after every rank finished does rank 0
-add COMPLETE, rename the directory and move `latest` (write + os.replace), so a crash
-mid-save always leaves the previous checkpoint as the newest loadable one.
+Everything is written under .tmp-step_<N>; each rank fsyncs the files it wrote (on a
+shared filesystem only the writing node can flush its cache), then rank 0 fsyncs the whole
+directory, adds COMPLETE, renames the directory, fsyncs the parent and moves `latest`
+(write, fsync, os.replace, fsync parent). A crash or power cut mid-save always leaves the
+previous checkpoint as the newest loadable one. A checkpoint loads on any world size
+(checkpoint_elastic.py).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed
+from . import atomic, distributed
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -97,20 +100,21 @@ class CheckpointManager:
                                save_latest=False)
         torch.save(rank_state, tmp / f"rank_{rank}.pt")
         if rank == 0:
+            shared_state = {**shared_state, "world_size": distributed.world_size()}
             (tmp / "trainer_state.json").write_text(json.dumps(shared_state, indent=1))
             tokenizer.save_pretrained(tmp / "tokenizer")
+        _fsync_own_files(tmp, rank)
         distributed.barrier()
         if os.environ.get(CRASH_ENV) == str(step):
             os._exit(17)
         final = self.root / tag
         if rank == 0:
-            (tmp / "COMPLETE").write_text(str(step))
+            atomic.fsync_tree(tmp)
+            atomic.write_text(tmp / "COMPLETE", str(step))
             if final.exists():
                 shutil.rmtree(final)
-            os.replace(tmp, final)
-            latest_tmp = self.root / ".latest.tmp"
-            latest_tmp.write_text(tag)
-            os.replace(latest_tmp, self.root / "latest")
+            atomic.replace(tmp, final)
+            atomic.write_text(self.root / "latest", tag)
             self._retain()
         distributed.barrier()
         return final
@@ -124,16 +128,33 @@ class CheckpointManager:
 
     @staticmethod
     def load(engine, path: Path, load_optimizer: bool = True) -> tuple[dict, dict]:
-        """Collective: restores the engine; returns (this rank's state, shared state)."""
-        rank = distributed.rank()
-        load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                              load_optimizer_states=load_optimizer,
-                                              load_lr_scheduler_states=False)
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
-        rank_file = path / f"rank_{rank}.pt"
-        if not rank_file.is_file():
-            raise FileNotFoundError(f"{rank_file} missing: checkpoint was written by a different world size")
-        rank_state = torch.load(rank_file, weights_only=True)
+        """Collective: restores the engine; returns (this rank's state, shared state).
+        At another world size the model and optimizer go through DeepSpeed's universal
+        format and the data stream state comes back re-mapped for this rank."""
+        from . import checkpoint_elastic as elastic
+
+        rank, world = distributed.rank(), distributed.world_size()
         shared = json.loads((path / "trainer_state.json").read_text())
-        return rank_state, shared
+        old_world = elastic.saved_world_size(path, shared)
+        if old_world == world:
+            load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                  load_optimizer_states=load_optimizer,
+                                                  load_lr_scheduler_states=False)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
+            rank_state = torch.load(path / f"rank_{rank}.pt", weights_only=True)
+            return rank_state, shared
+        log.info("checkpoint %s was written by %d ranks; resuming on %d", path.name, old_world, world)
+        elastic.ensure_universal(path, rank)
+        distributed.barrier()
+        elastic.load_universal(engine, path, load_optimizer)
+        return elastic.remapped_rank_state(path, old_world, rank, world), shared
+
+
+def _fsync_own_files(tmp: Path, rank: int) -> None:
+    """fsync the files this rank wrote: DeepSpeed's zero_pp_rank_<r>_* shards and rank_<r>.pt
+    (rank 0 syncs the shared files in save)."""
+    mine = re.compile(rf"(^|_)(pp_)?rank_{rank}(_|\.pt$)")
+    for p in tmp.iterdir():
+        if p.is_file() and mine.search(p.name):
+            atomic.fsync_path(p)

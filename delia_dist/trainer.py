@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
+from . import checkpoint_elastic as elastic
 from . import distributed
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import Config, config_from_dict, to_dict
@@ -96,6 +97,7 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
     resume_from = ckpt.resolve(cfg.checkpoint.resume)
     if resume_from is not None:
         saved = json.loads((resume_from / "trainer_state.json").read_text())
+        elastic.check_resume_compatible(cfg, config_from_dict(saved["config"]))
         cfg = _resume_config(cfg, config_from_dict(saved["config"]))
 
     ds_config = ds_config_for(cfg, world)
@@ -122,6 +124,8 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
         stream.load_state_dict(rank_state["stream"])
         schedule.load_state_dict(shared["schedule"])
         counters.update(shared["counters"])
+        total_steps = elastic.steps_after_resume(cfg, world, counters, schedule, total_steps,
+                                                 shared.get("world_size"))
         tracker.load_state_dict(shared.get("tracker") or {})
         log.info("resumed from %s at step %d", resume_from, counters["step"])
     tracker.start(to_dict(cfg), tags={
@@ -175,6 +179,7 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
             break
         schedule.advance()
         counters["step"] += 1
+        counters["budget_tokens"] = counters.get("budget_tokens", 0) + elastic.budget_tokens_per_step(cfg, world)
         step = counters["step"]
         glob = distributed.all_reduce_sum(step_stats)
         sums, counts = glob[:len(names)], glob[len(names):2 * len(names)]

@@ -3,7 +3,8 @@ NAME = "ckpt export"
 HELP = "write an HF model dir (safetensors + tokenizer with new tokens) from a checkpoint"
 DESCRIPTION = """Merge a sharded ZeRO-3 checkpoint into a Hugging Face directory that
 transformers and vLLM load. CKPT is a step_N directory or a checkpoint root (its `latest`
-is used). LoRA adapters are merged into the base weights."""
+is used). LoRA adapters are merged into the base weights. Streams one parameter at a time
+from the ZeRO-3 shards, so memory stays near the largest parameter (~12 GB for a 70B)."""
 
 
 def add_arguments(p):
@@ -18,7 +19,7 @@ def run(args) -> int:
     from ..export import export_checkpoint
     try:
         out = export_checkpoint(args.ckpt, args.out, args.dtype)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # missing/damaged checkpoint, names it cannot map
         raise UserError(str(e)) from None
     print(f"exported {args.ckpt} -> {out}")
     return 0
