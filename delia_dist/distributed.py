@@ -52,10 +52,14 @@ def init(env, timeout_s: float = 600.0, rendezvous_timeout_s: float | None = Non
     if rendezvous_timeout_s is None:
         rendezvous_timeout_s = float(os.environ.get("DELIA_RENDEZVOUS_TIMEOUT", DEFAULT_RENDEZVOUS_TIMEOUT_S))
     if not dist.is_initialized():
+        import deepspeed  # slow: imported before the rendezvous, whose wait absorbs the skew
         store = _rendezvous_store(env, rendezvous_timeout_s)
+        # device_id (NCCL): the communicator is built now, inside the rendezvous, not at the
+        # first collective under the collective timeout.
+        extra = {"device_id": torch.device(device)} if backend == "nccl" else {}
         dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
-        import deepspeed  # adopts the group above instead of starting its own
+                                timeout=datetime.timedelta(seconds=timeout_s), **extra)
+        # DeepSpeed adopts the group above instead of starting its own.
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(seconds=timeout_s))
     _device = torch.device(device)

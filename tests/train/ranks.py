@@ -3,8 +3,8 @@
 Scenarios run the real delia_dist code on a real process group (gloo on CPU):
 - groups: the default group is "cuda:gloo", which like NCCL has no CPU backend, so a host
   collective on a CPU tensor over it fails; the host helpers must still work.
-- rendezvous: rank 1 starts late (DELIA_TEST_LATE seconds) and the collective timeout is
-  short; with a long rendezvous timeout the ranks still meet and reduce.
+- rendezvous: rank DELIA_TEST_LATE_RANK starts DELIA_TEST_LATE seconds late and the
+  collective timeout is short; with a long rendezvous timeout the ranks still meet and reduce.
 - step: one optimizer step of a tiny Llama under ZeRO-3 (fp32, SGD) over this rank's share
   of four fixed micro-batches; writes the full weights before and after, and the counts of
   collectives and host syncs issued by delia_dist code during the step.
@@ -116,7 +116,8 @@ def scenario_groups(env: DistEnv, out: Path) -> None:
 
 
 def scenario_rendezvous(env: DistEnv, out: Path) -> None:
-    if env.rank == 1:
+    import deepspeed  # noqa: F401  (slow under load: imported first so the skew is the sleep alone)
+    if env.rank == int(os.environ["DELIA_TEST_LATE_RANK"]):
         time.sleep(float(os.environ["DELIA_TEST_LATE"]))
     distributed.init(env, timeout_s=float(os.environ["DELIA_TEST_COLLECTIVE_TIMEOUT"]))
     total = distributed.sum_device(torch.ones(2, dtype=torch.float64, device=distributed.device()))

@@ -61,10 +61,12 @@ def cpu_hog():
     hog.wait()
 
 
-def test_late_rank_meets_within_rendezvous_timeout_not_collective_timeout(tmp_path, cpu_hog):
-    """Rank 1 starts 12 s late, the collective timeout is 3 s: before the fix the TCPStore
-    rendezvous was bounded by the collective timeout and rank 0 failed."""
-    env = {"DELIA_TEST_LATE": "12", "DELIA_TEST_COLLECTIVE_TIMEOUT": "3", "DELIA_RENDEZVOUS_TIMEOUT": "240"}
+@pytest.mark.parametrize("late", [0, 1])
+def test_late_rank_meets_within_rendezvous_timeout_not_collective_timeout(tmp_path, cpu_hog, late):
+    """One rank starts 12 s late, the collective timeout is 3 s. Before the fix the TCPStore
+    rendezvous was bounded by the collective timeout: with rank 0 (the store's host) late,
+    rank 1 failed with "The client socket has timed out after 3000ms"."""
+    env = {"DELIA_TEST_LATE_RANK": str(late), "DELIA_TEST_LATE": "12", "DELIA_TEST_COLLECTIVE_TIMEOUT": "3", "DELIA_RENDEZVOUS_TIMEOUT": "240"}
     r0, r1 = run_ranks("rendezvous", 2, tmp_path, env)
     assert r0 == r1 == {"sum": [2.0, 2.0], "any": True}
 
