@@ -52,7 +52,12 @@ def init(env, timeout_s: float = 600.0, rendezvous_timeout_s: float | None = Non
     if rendezvous_timeout_s is None:
         rendezvous_timeout_s = float(os.environ.get("DELIA_RENDEZVOUS_TIMEOUT", DEFAULT_RENDEZVOUS_TIMEOUT_S))
     if not dist.is_initialized():
-        import deepspeed  # slow: imported before the rendezvous, whose wait absorbs the skew
+        # Slow start-up work before the rendezvous, whose wait absorbs the skew: importing
+        # DeepSpeed, and on CPU the shared-memory op its init_distributed JIT-builds (cached
+        # per process; None at once on GPUs).
+        import deepspeed
+        from deepspeed.comm.torch import build_shm_op
+        build_shm_op()
         store = _rendezvous_store(env, rendezvous_timeout_s)
         # device_id (NCCL): the communicator is built now, inside the rendezvous, not at the
         # first collective under the collective timeout.

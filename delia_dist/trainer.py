@@ -3,6 +3,8 @@
 One code path from 2 CPU ranks over gloo to 64 H100s: the launcher hands in a DistEnv,
 everything distributed goes through delia_dist.distributed, and every stateful piece
 (model + optimizer in DeepSpeed, schedule, data stream, RNG, tracker) is saved together.
+`Trainer` builds the run and takes the decisions around a step (log, evaluate, checkpoint,
+stop); train_step.py runs one step; train_state.py holds the counters and metrics window.
 """
 from __future__ import annotations
 
@@ -83,6 +85,11 @@ class MetricsLog:
 def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: False,
                  timeout_s: float = 600.0,
                  rendezvous_timeout_s: Optional[float] = None) -> TrainResult:
+    # The slow imports first: on 64 ranks reading them from a shared filesystem, their skew
+    # is then absorbed by the rendezvous timeout, not by the first collective's.
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    from . import data, loss, model, tracking  # noqa: F401
     device = distributed.init(env, timeout_s=timeout_s, rendezvous_timeout_s=rendezvous_timeout_s)
     return Trainer(cfg, env, device).fit(stop_requested)
 
