@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Optional
 from collections.abc import Sequence
 
 import torch

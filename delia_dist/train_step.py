@@ -9,9 +9,8 @@ a rank or micro-batch with few loss tokens weighs by its tokens, not as much as 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
