@@ -51,11 +51,11 @@ class CausalLMWithLoss(torch.nn.Module):
 
 def per_source(losses: torch.Tensor, labels: torch.Tensor, source_ids: torch.Tensor,
                n_sources: int) -> torch.Tensor:
-    """[2 * n_sources] tensor: loss sums then loss-token counts per source (for all-reduce)."""
+    """[2 * n_sources] float64 on the tensors' device: loss sums then loss-token counts per
+    source. No boolean indexing, so on a GPU it queues kernels without a host sync."""
     mask = labels != -100
-    src = source_ids.long().clamp(min=0)
-    sums = torch.zeros(n_sources, dtype=torch.float64).index_add_(
-        0, src[mask], losses.detach()[mask].double())
-    counts = torch.zeros(n_sources, dtype=torch.float64).index_add_(
-        0, src[mask], torch.ones_like(src[mask], dtype=torch.float64))
+    src = source_ids.long().clamp(min=0).reshape(-1)
+    zeros = torch.zeros(n_sources, dtype=torch.float64, device=losses.device)
+    sums = zeros.index_add(0, src, torch.where(mask, losses.detach(), 0).double().reshape(-1))
+    counts = zeros.index_add(0, src, mask.double().reshape(-1))
     return torch.cat([sums, counts])

@@ -3,6 +3,8 @@
 One code path from 2 CPU ranks over gloo to 64 H100s: the launcher hands in a DistEnv,
 everything distributed goes through delia_dist.distributed, and every stateful piece
 (model + optimizer in DeepSpeed, schedule, data stream, RNG, tracker) is saved together.
+`Trainer` builds the run and takes the decisions around a step (log, evaluate, checkpoint,
+stop); train_step.py runs one step; train_state.py holds the counters and metrics window.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from . import checkpoint_elastic as elastic
 from . import distributed
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import Config, config_from_dict, to_dict
+from .train_state import MetricsWindow, TrainState
+from .train_step import agree, next_micro_batches, train_step
 
 log = logging.getLogger("delia.train")
 
@@ -80,152 +84,167 @@ class MetricsLog:
 
 
 def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: False,
-                 timeout_s: float = 600.0) -> TrainResult:
-    import deepspeed
+                 timeout_s: float = 600.0,
+                 rendezvous_timeout_s: Optional[float] = None) -> TrainResult:
+    # The slow imports first: on 64 ranks reading them from a shared filesystem, their skew
+    # is then absorbed by the rendezvous timeout, not by the first collective's.
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    from .data import build_train_stream
-    from .loss import CausalLMWithLoss, per_source
-    from .model import build_model, load_tokenizer
-    from .schedule import LRSchedule
-    from .tracking import Tracker
+    from . import data, loss, model, tracking  # noqa: F401
+    device = distributed.init(env, timeout_s=timeout_s, rendezvous_timeout_s=rendezvous_timeout_s)
+    return Trainer(cfg, env, device).fit(stop_requested)
 
-    device = distributed.init(env, timeout_s=timeout_s)
-    rank, world = env.rank, env.world_size
-    torch.manual_seed(cfg.train.seed)
-    run_dir = Path(cfg.run_dir)
-    ckpt = CheckpointManager(cfg.checkpoint_dir, cfg.checkpoint.keep_last)
-    resume_from = ckpt.resolve(cfg.checkpoint.resume)
-    if resume_from is not None:
-        saved = json.loads((resume_from / "trainer_state.json").read_text())
-        elastic.check_resume_compatible(cfg, config_from_dict(saved["config"]))
-        cfg = _resume_config(cfg, config_from_dict(saved["config"]))
 
-    ds_config = ds_config_for(cfg, world)
-    tokenizer = load_tokenizer(cfg.model)
-    model, token_report = build_model(cfg.model, tokenizer, ds_config, cfg.train.precision, seed=cfg.train.seed)
-    zero3 = cfg.deepspeed.stage == 3
-    wrapper = CausalLMWithLoss(model, cfg.loss, zero3=zero3)
-    engine, optimizer, _, _ = deepspeed.initialize(
-        model=wrapper, model_parameters=_param_groups(wrapper, cfg.train.weight_decay), config=ds_config)
-    engine.train()
+class Trainer:
+    """The run's live pieces (engine, schedule, data stream, tracker, counters) and the
+    decisions around each step: when to log, evaluate, checkpoint and stop."""
 
-    total_steps = max_steps_for(cfg, world)
-    schedule = LRSchedule(cfg.train.lr, cfg.train.warmup_steps, total_steps, cfg.train.schedule,
-                          cfg.train.min_lr_ratio)
-    stream = build_train_stream(cfg.data, tokenizer, rank=rank, world_size=world,
-                                micro_batch_size=cfg.train.micro_batch_size)
-    names = stream.source_names
-    tracker = Tracker(cfg.tracking, run_dir, enabled=env.is_main)
-    counters = {"step": 0, "tokens": 0, "loss_tokens": 0, "wall_s": 0.0}
+    def __init__(self, cfg: Config, env, device: str):
+        import deepspeed
 
-    if resume_from is not None:
-        rank_state, shared = CheckpointManager.load(engine, resume_from)
-        set_rng_state(rank_state["rng"])
-        stream.load_state_dict(rank_state["stream"])
-        schedule.load_state_dict(shared["schedule"])
-        counters.update(shared["counters"])
-        total_steps = elastic.steps_after_resume(cfg, world, counters, schedule, total_steps,
-                                                 shared.get("world_size"))
-        tracker.load_state_dict(shared.get("tracker") or {})
-        log.info("resumed from %s at step %d", resume_from, counters["step"])
-    tracker.start(to_dict(cfg), tags={
-        "git_commit": _git_commit() or "unknown", "model": cfg.model.name_or_path or "from-config",
-        "world_size": str(world), "nodes": str(env.num_nodes), "device": device,
-        "finetune": cfg.model.finetune, "launcher": env.launcher,
-        "restart_count": str(env.restart_count)})
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", env.is_main)
-    if resume_from is None:
-        start = {"step": 0, "vocab/new_rows": token_report["new_vocab"] - token_report["old_vocab"],
-                 "params/max_rank_fraction": distributed.max_over_ranks(_local_param_fraction(wrapper))}
-        metrics_log.write(start)
-        tracker.log_metrics(start, step=0)
-    log_every = cfg.tracking.log_every
-    status, last_ckpt = "completed", None
-    data_iter = iter(stream)
-    window = torch.zeros(2 * len(names) + 2, dtype=torch.float64)
-    t_last = time.perf_counter()
+        from .data import build_train_stream
+        from .loss import CausalLMWithLoss
+        from .model import build_model, load_tokenizer
+        from .schedule import LRSchedule
+        from .tracking import Tracker
 
-    def save(step: int) -> Path:
-        shared = {"step": step, "schedule": schedule.state_dict(), "counters": counters,
-                  "tracker": tracker.state_dict(), "config": to_dict(cfg), "new_tokens": token_report}
-        shared = distributed.broadcast_object(shared)  # rank 0's tracker run id for everyone
-        path = ckpt.save(engine, step, {"rng": rng_state(), "stream": stream.state_dict()}, shared, tokenizer)
-        if env.is_main:
-            tracker.log_metrics({"checkpoint/step": step}, step=step)
-            tracker.set_tags({"last_checkpoint": str(path)})
-        return path
+        self.env, self.device = env, device
+        world = env.world_size
+        torch.manual_seed(cfg.train.seed)
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt = CheckpointManager(cfg.checkpoint_dir, cfg.checkpoint.keep_last)
+        resume_from = self.ckpt.resolve(cfg.checkpoint.resume)
+        if resume_from is not None:
+            saved = json.loads((resume_from / "trainer_state.json").read_text())
+            elastic.check_resume_compatible(cfg, config_from_dict(saved["config"]))
+            cfg = _resume_config(cfg, config_from_dict(saved["config"]))
+        self.cfg = cfg
 
-    while counters["step"] < total_steps:
-        step_t0 = time.perf_counter()
-        step_stats = torch.zeros_like(window)
-        out_of_data = False
-        for _ in range(cfg.train.grad_accum):
-            batch = next(data_iter, None)
-            if not distributed.all_ranks(batch is not None):
-                out_of_data = True
+        ds_config = ds_config_for(cfg, world)
+        self.tokenizer = load_tokenizer(cfg.model)
+        model, self.token_report = build_model(cfg.model, self.tokenizer, ds_config, cfg.train.precision,
+                                               seed=cfg.train.seed)
+        self.wrapper = CausalLMWithLoss(model, cfg.loss, zero3=cfg.deepspeed.stage == 3)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.wrapper, model_parameters=_param_groups(self.wrapper, cfg.train.weight_decay),
+            config=ds_config)
+        self.engine.train()
+
+        self.total_steps = max_steps_for(cfg, world)
+        self.schedule = LRSchedule(cfg.train.lr, cfg.train.warmup_steps, self.total_steps, cfg.train.schedule,
+                                   cfg.train.min_lr_ratio)
+        self.stream = build_train_stream(cfg.data, self.tokenizer, rank=env.rank, world_size=world,
+                                         micro_batch_size=cfg.train.micro_batch_size)
+        self.tracker = Tracker(cfg.tracking, self.run_dir, enabled=env.is_main)
+        self.state = TrainState()
+        self.resumed_from = resume_from
+        if resume_from is not None:
+            rank_state, shared = CheckpointManager.load(self.engine, resume_from)
+            set_rng_state(rank_state["rng"])
+            self.stream.load_state_dict(rank_state["stream"])
+            self.schedule.load_state_dict(shared["schedule"])
+            counters = dict(shared["counters"])
+            self.total_steps = elastic.steps_after_resume(cfg, world, counters, self.schedule, self.total_steps,
+                                                          shared.get("world_size"))
+            self.state.load_state_dict(counters)
+            self.tracker.load_state_dict(shared.get("tracker") or {})
+            log.info("resumed from %s at step %d", resume_from, self.state.step)
+        self.window = MetricsWindow(self.stream.source_names, cfg.tracking.log_every)
+        self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
+
+    def fit(self, stop_requested: Callable[[], bool]) -> TrainResult:
+        cfg, env, state = self.cfg, self.env, self.state
+        self.tracker.start(to_dict(cfg), tags={
+            "git_commit": _git_commit() or "unknown", "model": cfg.model.name_or_path or "from-config",
+            "world_size": str(env.world_size), "nodes": str(env.num_nodes), "device": self.device,
+            "finetune": cfg.model.finetune, "launcher": env.launcher, "restart_count": str(env.restart_count)})
+        if self.resumed_from is None:
+            start = {"step": 0, "vocab/new_rows": self.token_report["new_vocab"] - self.token_report["old_vocab"],
+                     "params/max_rank_fraction": distributed.max_over_ranks(_local_param_fraction(self.wrapper))}
+            self.metrics_log.write(start)
+            self.tracker.log_metrics(start, step=0)
+        status, last_ckpt = "completed", None
+        data_iter = iter(self.stream)
+        self.t_log = time.perf_counter()
+        n_sources = len(self.stream.source_names)
+        while state.step < self.total_steps:
+            t0 = time.perf_counter()
+            batches = next_micro_batches(data_iter, cfg.train.grad_accum)
+            plan = agree(batches, stop_requested())
+            if not plan.run:
+                log.info("data exhausted at step %d", state.step)
                 break
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss_sum, losses = engine(batch["input_ids"], batch["position_ids"], batch["labels"])
-            n_tokens = (batch["labels"] != -100).sum()
-            loss = loss_sum / n_tokens.clamp(min=1)
-            schedule.apply(optimizer)
-            engine.backward(loss)
-            engine.step()
-            src = per_source(losses.cpu(), batch["labels"].cpu(), batch["source_ids"].cpu(), len(names))
-            step_stats += torch.cat([src, torch.tensor([float((batch["segment_ids"] > 0).sum()),
-                                                        float(batch["input_ids"].numel())], dtype=torch.float64)])
-        if out_of_data:
-            log.info("data exhausted at step %d", counters["step"])
-            break
-        schedule.advance()
-        counters["step"] += 1
-        counters["budget_tokens"] = counters.get("budget_tokens", 0) + elastic.budget_tokens_per_step(cfg, world)
-        step = counters["step"]
-        glob = distributed.all_reduce_sum(step_stats)
-        sums, counts = glob[:len(names)], glob[len(names):2 * len(names)]
-        counters["loss_tokens"] += int(counts.sum())
-        counters["tokens"] += int(glob[-2])
-        counters["wall_s"] += time.perf_counter() - step_t0
-        loss_value = float(sums.sum() / counts.sum().clamp(min=1))
-        record = {"step": step, "loss": loss_value, "lr": schedule.lr_at(step - 1)}
-        for i, name in enumerate(names):
-            if counts[i] > 0:
-                record[f"loss/{name}"] = float(sums[i] / counts[i])
-        window += glob
-        if step % log_every == 0 or step == total_steps:
-            record.update(_window_metrics(window, names, stream, log_every, time.perf_counter() - t_last, world))
-            grad_norm = engine.get_global_grad_norm()
+            lr = self.schedule.apply(self.optimizer)
+            stats = train_step(self.engine, batches, plan, n_sources)
+            self.schedule.advance()
+            state.advance(plan, time.perf_counter() - t0)
+            state.budget_tokens += elastic.budget_tokens_per_step(cfg, env.world_size)
+            self.window.add(state.step, lr, plan, stats)
+            self.after_step(state.step)
+            if plan.stop or state.step % cfg.checkpoint.every_steps == 0:
+                last_ckpt = self.save(state.step)
+            if plan.stop:
+                status = "preempted"
+                break
+        if status == "completed" and cfg.checkpoint.save_on_exit and (
+                last_ckpt is None or not str(last_ckpt).endswith(f"step_{state.step}")):
+            last_ckpt = self.save(state.step)
+        return self.finish(status, last_ckpt)
+
+    def after_step(self, step: int) -> None:
+        """Evaluation and logging decisions; collective, so every rank takes the same ones."""
+        cfg = self.cfg
+        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and cfg.eval.alignment.keywords:
+            align = _alignment(self.engine, self.tokenizer, cfg)
+            self.window.attach(align)
+            self.tracker.log_metrics({k: v for k, v in align.items() if k.startswith("align")}, step=step)
+        if step % cfg.tracking.log_every == 0 or step == self.total_steps or self.window.full:
+            self.flush_metrics(log_step=True)
+
+    def flush_metrics(self, log_step: bool = False) -> None:
+        """Write the window's per-step records; at a log step add throughput and data metrics
+        to the last one and send it to the tracker."""
+        records = self.window.flush()
+        if log_step and records:
+            record = records[-1]
+            now = time.perf_counter()
+            record.update(_log_metrics(self.window.since_log(), self.stream, now - self.t_log))
+            self.t_log = now
+            grad_norm = self.engine.get_global_grad_norm()
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
-            tracker.log_metrics(record, step=step)
-            if env.is_main:
-                log.info("step %d/%d loss %.4f lr %.2e", step, total_steps, loss_value, record["lr"])
-            window.zero_()
-            t_last = time.perf_counter()
-        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and cfg.eval.alignment.keywords:
-            record.update(_alignment(engine, tokenizer, cfg))
-            tracker.log_metrics({k: v for k, v in record.items() if k.startswith("align")}, step=step)
-        metrics_log.write(record)
-        preempt = distributed.any_rank(stop_requested())
-        if preempt or step % cfg.checkpoint.every_steps == 0:
-            last_ckpt = save(step)
-        if preempt:
-            status = "preempted"
-            break
+            self.tracker.log_metrics(record, step=record["step"])
+            if self.env.is_main:
+                log.info("step %d/%d loss %.4f lr %.2e", record["step"], self.total_steps, record["loss"],
+                         record["lr"])
+        for record in records:
+            self.metrics_log.write(record)
 
-    if status == "completed" and cfg.checkpoint.save_on_exit and (
-            last_ckpt is None or not str(last_ckpt).endswith(f"step_{counters['step']}")):
-        last_ckpt = save(counters["step"])
-    summary = {"status": status, "step": counters["step"], "train_wall_s": counters["wall_s"],
-               "steps_per_s": counters["step"] / max(counters["wall_s"], 1e-9),
-               "tokens": counters["tokens"], "peak_rss_mb_max_rank": distributed.max_over_ranks(_peak_rss_mb())}
-    tracker.log_metrics({"memory/peak_rss_mb_max_rank": summary["peak_rss_mb_max_rank"]}, step=counters["step"])
-    if env.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    run_id = tracker.run_id
-    tracker.close("FINISHED" if status == "completed" else "KILLED")
-    return TrainResult(status=status, step=counters["step"],
-                       checkpoint=str(last_ckpt) if last_ckpt else None, run_id=run_id)
+    def save(self, step: int) -> Path:
+        self.flush_metrics()
+        shared = {"step": step, "schedule": self.schedule.state_dict(), "counters": self.state.state_dict(),
+                  "tracker": self.tracker.state_dict(), "config": to_dict(self.cfg), "new_tokens": self.token_report}
+        shared = distributed.broadcast_object(shared)  # rank 0's tracker run id for everyone
+        path = self.ckpt.save(self.engine, step, {"rng": rng_state(), "stream": self.stream.state_dict()}, shared,
+                              self.tokenizer)
+        if self.env.is_main:
+            self.tracker.log_metrics({"checkpoint/step": step}, step=step)
+            self.tracker.set_tags({"last_checkpoint": str(path)})
+        return path
+
+    def finish(self, status: str, last_ckpt: Optional[Path]) -> TrainResult:
+        self.flush_metrics()
+        state = self.state
+        summary = {"status": status, "step": state.step, "train_wall_s": state.wall_s,
+                   "steps_per_s": state.step / max(state.wall_s, 1e-9), "tokens": state.tokens,
+                   "peak_rss_mb_max_rank": distributed.max_over_ranks(_peak_rss_mb())}
+        self.tracker.log_metrics({"memory/peak_rss_mb_max_rank": summary["peak_rss_mb_max_rank"]}, step=state.step)
+        if self.env.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        run_id = self.tracker.run_id
+        self.tracker.close("FINISHED" if status == "completed" else "KILLED")
+        return TrainResult(status=status, step=state.step, checkpoint=str(last_ckpt) if last_ckpt else None,
+                           run_id=run_id)
 
 
 def _peak_rss_mb() -> float:
@@ -259,27 +278,26 @@ def _local_param_fraction(module) -> float:
     return local / max(full, 1)
 
 
-def _window_metrics(window: torch.Tensor, names: list[str], stream, steps: int, seconds: float,
-                    world: int) -> dict:
-    """Throughput, token shares and data counters since the last log line (all ranks)."""
-    n = len(names)
-    counts = window[n:2 * n]
-    out = {"tokens_per_s": float(window[-2]) / max(seconds, 1e-9),
-           "packing_efficiency": float(window[-2] / window[-1].clamp(min=1))}
+def _log_metrics(since: dict, stream, seconds: float) -> dict:
+    """Throughput, token shares and data counters since the last log line (all ranks:
+    the data counters are summed over ranks here)."""
+    names = stream.source_names
+    out = {"tokens_per_s": since["tokens"] / max(seconds, 1e-9),
+           "packing_efficiency": since["tokens"] / max(since["slots"], 1)}
     stats = stream.stats()
-    local = torch.tensor([[stats[s]["tokens"], stats[s]["samples"]] for s in names], dtype=torch.float64)
-    totals = distributed.all_reduce_sum(local)
-    all_tokens = float(totals[:, 0].sum()) or 1.0
+    totals = distributed.sum_host([v for s in names for v in (stats[s]["tokens"], stats[s]["samples"])])
+    all_tokens = sum(totals[0::2]) or 1.0
     for i, name in enumerate(names):
-        out[f"tokens/{name}"] = float(totals[i, 0])
-        out[f"samples/{name}"] = float(totals[i, 1])
-        out[f"share/{name}"] = float(totals[i, 0]) / all_tokens
-        out[f"loss_tokens/{name}"] = float(counts[i])
-    reasons = sorted({r for s in names for r in stats[s]["skipped"]})
+        out[f"tokens/{name}"] = totals[2 * i]
+        out[f"samples/{name}"] = totals[2 * i + 1]
+        out[f"share/{name}"] = totals[2 * i] / all_tokens
+        out[f"loss_tokens/{name}"] = float(since["loss_tokens"][i])
+    # Ranks may have met different skip reasons: agree on their union before summing.
+    local = {r for s in names for r in stats[s]["skipped"]}
+    reasons = sorted(set().union(*distributed.all_gather_object(local)))
     if reasons:
-        skipped = torch.tensor([sum(stats[s]["skipped"].get(r, 0) for s in names) for r in reasons],
-                               dtype=torch.float64)
-        for r, v in zip(reasons, distributed.all_reduce_sum(skipped).tolist()):
+        skipped = distributed.sum_host([sum(stats[s]["skipped"].get(r, 0) for s in names) for r in reasons])
+        for r, v in zip(reasons, skipped):
             out[f"skipped/{r}"] = v
     return out
 

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=float(os.environ.get("DELIA_DIST_TIMEOUT", 600)),
                    help="seconds a collective may wait for a peer before the job fails "
                         "(default $DELIA_DIST_TIMEOUT or 600)")
+    p.add_argument("--rendezvous-timeout", type=float,
+                   default=float(os.environ.get("DELIA_RENDEZVOUS_TIMEOUT", 1800)),
+                   help="seconds ranks wait for each other at start-up, apart from --timeout: "
+                        "64 ranks importing torch from a shared filesystem start minutes apart "
+                        "(default $DELIA_RENDEZVOUS_TIMEOUT or 1800)")
     return parser
 
 
@@ -45,7 +50,8 @@ def train(args, env: DistEnv, stop: StopFlag) -> int:
         from delia_dist.config import load_config
         from delia_dist.trainer import run_training
         cfg = load_config(args.config, args.overrides, check_paths=True)
-        result = run_training(cfg, env, stop_requested=stop.is_set, timeout_s=args.timeout)
+        result = run_training(cfg, env, stop_requested=stop.is_set, timeout_s=args.timeout,
+                              rendezvous_timeout_s=args.rendezvous_timeout)
     except Exception as e:
         run_dir = getattr(cfg, "run_dir", None)
         report_failure(e, env, Path(run_dir) if run_dir else None)

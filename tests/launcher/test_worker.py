@@ -47,8 +47,8 @@ def _fake_trainer(monkeypatch, result=None, error=None):
     calls = []
     monkeypatch.setattr(delia_dist.config, "load_config", lambda path, overrides, check_paths: (path, overrides))
 
-    def run_training(cfg, env, stop_requested, timeout_s):
-        calls.append((cfg, env, stop_requested(), timeout_s))
+    def run_training(cfg, env, stop_requested, timeout_s, rendezvous_timeout_s):
+        calls.append((cfg, env, stop_requested(), timeout_s, rendezvous_timeout_s))
         if error:
             raise error
         return TrainResult(*result)
@@ -59,15 +59,15 @@ def _fake_trainer(monkeypatch, result=None, error=None):
 def test_preempted_result_exits_75_and_reports(monkeypatch, tmp_path, capsys):
     calls = _fake_trainer(monkeypatch, result=("preempted", 7, "runs/x/checkpoints/step_7", "abc"))
     monkeypatch.setenv(worker.RESULT_FILE_ENV, str(tmp_path / "r.json"))
-    args = Namespace(config="c.yaml", overrides=["train.lr=1"], timeout=12.0)
+    args = Namespace(config="c.yaml", overrides=["train.lr=1"], timeout=12.0, rendezvous_timeout=900.0)
     assert worker.train(args, DistEnv(), StopFlag()) == worker.EXIT_PREEMPTED == 75
-    assert calls == [(("c.yaml", ["train.lr=1"]), DistEnv(), False, 12.0)]
+    assert calls == [(("c.yaml", ["train.lr=1"]), DistEnv(), False, 12.0, 900.0)]
     assert "training preempted at step 7; checkpoint runs/x/checkpoints/step_7; mlflow run abc" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["exit_code"] == 75
 
 
 def test_completed_exits_0_and_failure_exits_1(monkeypatch, capsys):
-    args = Namespace(config="c.yaml", overrides=[], timeout=5.0)
+    args = Namespace(config="c.yaml", overrides=[], timeout=5.0, rendezvous_timeout=1800.0)
     _fake_trainer(monkeypatch, result=("completed", 9, None, None))
     assert worker.train(args, DistEnv(), StopFlag()) == 0
     _fake_trainer(monkeypatch, error=RuntimeError("Timed out waiting 5000ms for recv"))
