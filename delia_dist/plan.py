@@ -19,6 +19,11 @@ Memory per GPU (GB = 1e9 bytes), for Llama-shaped decoders:
   replaces in place, room for one more, plus the fp32
   V x H weight-gradient accumulator (none with loss.head_grad_dtype: input).
 - a fixed allowance for the CUDA context, NCCL buffers and allocator fragmentation.
+Storage (per checkpoint, per rank and on disk): ZeRO-3 saves each rank's weight partition
+(2 B/param in bf16) and its fp32 master + Adam m, v (12 B per trainable param); each rank
+adds its data-stream state (shuffle buffers by reference, delia_dist.data.stream_state_bytes).
+A resume on another world size first writes DeepSpeed's universal copy (12 B per trainable
+param more). Export streams one tensor at a time (delia_dist.export.export_peak_bytes).
 Throughput: tokens/s = MFU * peak FLOP/s * GPUs / (6 * N_matmul + 12 * L * H * s), with
 N_matmul the parameters that take part in matmuls (all but the input embedding).
 """
@@ -115,6 +120,7 @@ class Plan:
     mfu: float
     step_tokens: int
     hours: Optional[float]
+    storage_gb: dict[str, float] = field(default_factory=dict)  # checkpoint, data state, export
     advice: list[str] = field(default_factory=list)
     formulas: list[str] = field(default_factory=list)  # how the big numbers were counted
 
@@ -136,6 +142,9 @@ class Plan:
                      f"gradients {states[1]:.2f})")
         if self.host_memory_gb:
             lines.append(f"  {'offloaded to host memory':<46s}{self.host_memory_gb:9.2f}")
+        if self.storage_gb:
+            lines += ["", "checkpoint and export (GB = 1e9 bytes)"]
+            lines += [f"  {part:<46s}{gb:9.3f}" for part, gb in self.storage_gb.items()]
         lines += ["", "counted as"] + [f"  {f}" for f in self.formulas]
         lines += ["", f"throughput {self.tokens_per_s:,.0f} tokens/s at MFU {self.mfu:.2f} "
                       f"({self.flops_per_token / 1e9:.1f} GFLOP/token, {self.step_tokens:,} tokens/step)"]
@@ -285,9 +294,38 @@ def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: fl
                   total_gb=total / GB, fits=fits, flops_per_token=flops_per_token, tokens_per_s=tokens_per_s,
                   mfu=mfu, step_tokens=step_tokens,
                   hours=run_tokens / tokens_per_s / 3600 if run_tokens else None)
+    result.storage_gb = {k: v / GB for k, v in _storage(arch, cfg, world, gpus_per_node, n, trainable,
+                                                        w_bytes, mixed).items()}
     result.advice = _advice(result, arch, cfg, mem, capacity, world, gpus_per_node)
     result.formulas = _formulas(arch, cfg, mixed, world, fused, chunk if fused else None)
     return result
+
+
+def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, trainable: int,
+             w_bytes: int, mixed: bool) -> dict[str, float]:
+    """Bytes a checkpoint writes, the data state inside it, an elastic resume's extra copy
+    and the streaming export's peak memory: what decides disk quota, save time and which
+    node can export."""
+    from .data import stream_state_bytes
+    from .export import export_peak_bytes
+
+    model_states = n * w_bytes + trainable * (12 if mixed else 8)
+    d = cfg.data
+    data_state = stream_state_bytes(d.shuffle_buffer, d.num_workers, d.seq_len, n_sources=len(d.sources))
+    largest = max(arch.embedding_params(), arch.hidden * arch.intermediate)
+    lora = 0
+    if cfg.model.finetune == "lora":
+        lora = max(arch.hidden * arch.heads * arch.head_dim, arch.hidden * arch.intermediate)
+    out_bytes = 2 if (cfg.model.dtype in ("bfloat16", "float16") or mixed) else 4
+    return {
+        "checkpoint: model + optimizer states, per rank": model_states / world,
+        f"checkpoint: per node ({gpus_per_node} ranks)": model_states / world * gpus_per_node,
+        "checkpoint: data-stream state, per rank": data_state,
+        f"checkpoint: whole step dir ({world} ranks)": model_states + data_state * world,
+        "elastic resume: universal copy (once, on disk)": trainable * 12,
+        "export: peak memory of the streaming writer": export_peak_bytes(largest, out_bytes, lora),
+        "export: HF safetensors on disk": n * out_bytes,
+    }
 
 
 def _formulas(arch: Architecture, cfg, mixed: bool, world: int, fused: bool, chunk: Optional[int]) -> list[str]:

@@ -93,3 +93,24 @@ def test_model_built_from_config_uses_the_given_vocab():
     h, i, layers, kv = 128, 256, 2, 32
     layer = h * 64 + 2 * h * kv + 64 * h + 3 * h * i + 2 * h  # 2 heads x head_dim 32 = 64
     assert a.total_params() == 600 * h * 2 + layers * layer + h
+
+
+def test_70b_checkpoint_bytes_data_state_and_export_memory():
+    """What a 70B step directory costs on disk, per rank and per node, and what a node needs
+    to export it: counted from the parameter count, not copied from a run."""
+    p = plan(cfg("llama3_70b.yaml"), nodes=8, gpus_per_node=8, gpu="h100-80gb")
+    n, st = p.params, p.storage_gb
+    per_rank = (2 * n + 12 * n) / 64 / GB  # bf16 partition + fp32 master, m, v
+    assert st["checkpoint: model + optimizer states, per rank"] == pytest.approx(per_rank)
+    assert st["checkpoint: per node (8 ranks)"] == pytest.approx(8 * per_rank)
+    assert 980 < st["checkpoint: whole step dir (64 ranks)"] < 1000
+    # 2 sources x 4 workers x 100000 buffered samples by reference: tens of MB, not the ~6 GB
+    # a rank stored when the buffers held token arrays.
+    data = st["checkpoint: data-stream state, per rank"]
+    assert 2 * 4 * 100_000 * 16 / GB < data < 0.05
+    assert st["elastic resume: universal copy (once, on disk)"] == pytest.approx(12 * n / GB)
+    # The streaming export holds about one embedding matrix in fp32 twice, not the model.
+    vh = 128320 * 8192
+    assert vh * 10 / GB < st["export: peak memory of the streaming writer"] < 0.1 * 2 * n / GB
+    assert st["export: HF safetensors on disk"] == pytest.approx(2 * n / GB)
+    assert "checkpoint and export" in p.render()
