@@ -168,7 +168,7 @@ def main() -> int:
     print(f"# torch {torch.__version__}, {where}, N={args.n} V={args.v} {args.dtype}, "
           f"fwd+bwd median of {args.repeats} (methods in turn); memory: "
           f"{'cuda max_memory_allocated' if args.device == 'cuda' else 'TensorMemoryTracker live tensor bytes'}")
-    print(f"| D | method | time (s) | time / naive | peak extra memory (MiB) | memory / naive | GFLOP/s (6NDV) |")
+    print("| D | method | time (s) | time / naive | peak extra memory (MiB) | memory / naive | GFLOP/s (6NDV) |")
     print("|---|---|---|---|---|---|---|")
     for d in args.d:
         g = torch.Generator(device=args.device).manual_seed(0)

@@ -226,7 +226,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         hidden, weight, bias, labels = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs
         label_smoothing, z_loss, softcap, chunk_size, ignore_index, use_triton, accum_dtype = ctx.opts
-        n, v = hidden.shape[0], weight.shape[0]
+        v = weight.shape[0]
         dev = hidden.device
         gh = torch.empty_like(hidden) if need_h else None
         gw = torch.zeros(weight.shape, dtype=accum_dtype, device=dev) if need_w else None

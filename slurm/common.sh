@@ -19,6 +19,10 @@
 #   DELIA_WORKDIR    directory the ranks run in; relative paths in the config resolve here
 #                    (default: the submit directory)
 #   DELIA_DIST_TIMEOUT  seconds a collective waits for a dead peer before the job fails (600)
+#   DELIA_RENDEZVOUS_TIMEOUT  seconds the ranks wait for each other at start-up (1800): 64 ranks
+#                    importing torch from a shared filesystem start minutes apart
+#   GLOO_SOCKET_IFNAME  on multi-NIC nodes, the interface for the small gloo side group that
+#                    carries per-step host flags beside NCCL
 
 EXIT_PREEMPTED=75
 

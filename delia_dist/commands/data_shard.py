@@ -28,9 +28,9 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from ..errors import UserError
     from ..data import RecordError, ShardWriter
     from ..data.sources import iter_input_records, load_tokenizer
+    from ..errors import UserError
 
     log = logging.getLogger("delia_dist.data")
     tok_path = args.tokenizer

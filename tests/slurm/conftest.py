@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from cluster import SlurmCluster, unavailable_reason
 
 
