@@ -23,6 +23,7 @@ def _command_modules():
 
 
 EPILOG = """typical flow (`delia COMMAND --help` for each):
+  delia model fetch smollm2-135m-instruct DIR     # a real instruct model, offline-capable (or a hub id)
   delia data synth runs/tiny                      # toy data, no downloads (or: data sample / diversify / shard)
   delia config show configs/tiny_cpu.yaml         # the validated config, with --set overrides applied
   delia plan configs/llama3_70b.yaml --nodes 8 --gpus-per-node 8   # memory per GPU, tokens/s

@@ -129,16 +129,56 @@ def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cf
             **scores, "wall_s": time.time() - t0}
 
 
+def evaluate_base(config_path: str, overrides: list[str], root: Path) -> dict:
+    """The untrained model (model.name_or_path as given, no new tokens) scored like the runs,
+    as MLflow run "base": the before-training reference every trained row is read against."""
+    from .eval.runner import evaluate
+    from .tracking import Tracker, default_uri
+
+    t0 = time.time()
+    base = load_config(config_path, overrides)
+    run_dir = root / "base"
+    cfg = load_config(config_path, [f"run_dir={run_dir}", f"tracking.uri={default_uri(base.tracking, root)}",
+                                    "tracking.run_name=base", "eval.grad_cosine=false", *overrides])
+    model_dir = cfg.model.name_or_path
+    if not model_dir or not Path(model_dir).is_dir():
+        raise ValueError(f"experiment.eval_base needs model.name_or_path to be a local model directory, "
+                         f"got {model_dir!r}")
+    print(f"[experiment] base: evaluating the untrained model {model_dir}", flush=True)
+    tracker = Tracker(cfg.tracking, run_dir, enabled=True)
+    tracker.start({}, tags={"delia.kind": "base"})
+    try:
+        scores = evaluate(model_dir, cfg, tracker=tracker, step=0)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close("FINISHED")
+    print(f"[experiment] base: done in {time.time() - t0:.0f} s", flush=True)
+    return {"run": "base", "status": "ok", "steps": 0, **scores, "wall_s": time.time() - t0}
+
+
 def run_experiment(config_path: str, overrides: list[str] = (), only: list[str] | None = None,
                    resume: bool = False) -> list[dict]:
     """Trains, exports and evaluates each run. Without `resume` an existing run directory is
     started over, so a changed config never silently continues an old checkpoint. A failed
     run is recorded ({"status": "failed", "error": ...}) and the matrix goes on; results are
     written to <run_dir>/experiment_results.json after every run."""
-    plan = plan_runs(config_path, overrides, only)
-    root = Path(load_config(config_path, overrides).run_dir)
-    nproc = plan[0][3].experiment.nproc
+    runs_only = [o for o in only if o != "base"] if only else None
+    plan = plan_runs(config_path, overrides, runs_only or None)
+    if only and not runs_only:  # --only base
+        plan = []
+    base_cfg = load_config(config_path, overrides)
+    root = Path(base_cfg.run_dir)
+    nproc = base_cfg.experiment.nproc
     results = []
+    if base_cfg.experiment.eval_base and (not only or "base" in only):
+        try:
+            results.append(evaluate_base(config_path, list(overrides), root))
+        except Exception as e:
+            log.error("base evaluation failed: %s", e)
+            print(f"[experiment] base: FAILED: {e}", flush=True)
+            results.append({"run": "base", "status": "failed", "run_dir": str(root / "base"), "error": str(e)})
+        (root / "experiment_results.json").write_text(json.dumps(results, indent=1))
     for name, run_dir, run_over, cfg in plan:
         try:
             results.append(_one_run(config_path, name, run_dir, run_over, cfg, nproc, resume))

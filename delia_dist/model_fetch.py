@@ -91,6 +91,9 @@ def fetch(name: str, out_dir: str | Path, dtype: str = "float32", file: str | Pa
     stamp = read_stamp(out_dir)
     if not force and stamp is not None and {k: stamp.get(k) for k in want} == want:
         return out_dir
+    if stamp is None and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        # it is replaced wholesale below: never do that to a directory this command did not make
+        raise UserError(f"{out_dir} exists and was not made by `delia model fetch`; give a new or empty directory")
     cache = Path(cache_dir) if cache_dir else default_cache()
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -59,7 +59,8 @@ def _columns(results: list[dict], histories: dict) -> list[tuple[str, str]]:
                  if f"tokens/{s}" in present]
     cols.append(("train_loss_last", "train_loss"))
     evals = [k for k in EVAL_LABELS if k in present]
-    evals += sorted(k for k in present if k.startswith("eval/") and k not in EVAL_LABELS and not k.startswith("eval/best/"))
+    evals += sorted(k for k in present if k.startswith("eval/") and k not in EVAL_LABELS
+                    and not k.startswith("eval/best/") and not k.endswith(("_lo", "_hi")))  # intervals: interval_table
     for k in evals:
         label = EVAL_LABELS.get(k, k.removeprefix("eval/"))
         cols.append((k, label))
@@ -254,7 +255,7 @@ def plot_losses(results: list[dict], histories: dict, path: Path) -> Path | None
 def plot_metric_vs_share(results: list[dict], path: Path) -> Path | None:
     keys = [k for k in EVAL_LABELS if any(k in r for r in results)]
     keys += sorted({k for r in results for k in r if k.startswith("eval/") and k not in EVAL_LABELS
-                    and not k.startswith("eval/best/") and not k.endswith("loss")})
+                    and not k.startswith("eval/best/") and not k.endswith(("loss", "_lo", "_hi"))})
     keys = [k for k in keys if not k.endswith("format_token_loss")] or keys
     if not keys:
         return None

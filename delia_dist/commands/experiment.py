@@ -20,6 +20,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..config import load_config
+    from ..eval.summary import has_intervals, interval_table, reading
     from ..experiment import run_experiment
     from ..report import comparison_table, terminal_width, write_report
     from ..tracking import default_uri
@@ -32,6 +33,16 @@ def run(args) -> int:
     print()
     if done:
         print(comparison_table(done, max_width=terminal_width()))
+        if has_intervals(done):
+            task = next((t for t in cfg.eval.tasks if t.kind == "format"), None)
+            n = None
+            if task is not None and Path(task.path).is_file():
+                n = sum(1 for line in Path(task.path).read_text().splitlines() if line.strip())
+                n = min(n, task.max_samples) if task.max_samples else n
+            print("\nformat task, 95% bootstrap intervals over the held-out examples:")
+            print(interval_table(done))
+            for line in reading(done, n):
+                print(f"- {line}")
         out = write_report(done, Path(cfg.run_dir) / "report")
         out = f"{out}  (plots: {Path(out).parent}/*.png)"
     else:

@@ -21,6 +21,8 @@ class ExperimentConfig:
     nproc: int = 2
     # sbatch script for the slurm backend; gets DELIA_CONFIG and DELIA_OVERRIDES.
     slurm_script: str = "slurm/delia_tiny.sh"
+    # Also evaluate model.name_or_path untouched (row "base"): the before-training score.
+    eval_base: bool = False
 
     def validate(self) -> None:
         names = [r.name for r in self.runs]

@@ -20,23 +20,30 @@ def sentence_bleu(hyp: str, ref: str) -> float:
 def format_scores(outputs: list[str], gold: list[str]) -> tuple[dict[str, float], list[dict]]:
     """Positive class 'yes' (a hallucination). Malformed outputs are wrong predictions: a
     malformed answer on a 'yes' item is a false negative, on a 'no' item a false positive."""
-    tp = fp = tn = fn = well = 0
     rows = []
     for out, g in zip(outputs, gold, strict=True):
         g = g.strip().lower()
         parsed = parse_answer(out)
         pred = parsed["hallucination"] if parsed else None
-        well += parsed is not None
+        rows.append({"prediction": pred if pred else "malformed", "gold": g, "correct": pred == g})
+    return format_scores_from_rows(rows), rows
+
+
+def format_scores_from_rows(rows: list[dict]) -> dict[str, float]:
+    """The scores of judged rows; the bootstrap resamples rows and calls this again."""
+    tp = fp = tn = fn = well = 0
+    for r in rows:
+        pred, g = r["prediction"], r["gold"]
+        well += pred != "malformed"
         if g == "yes":
             tp += pred == "yes"
             fn += pred != "yes"
         else:
             tn += pred == "no"
             fp += pred != "no"
-        rows.append({"prediction": pred if pred else "malformed", "gold": g, "correct": pred == g})
-    n = max(len(gold), 1)
+    n = max(len(rows), 1)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return ({"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
-             "well_formed": well / n}, rows)
+    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+            "well_formed": well / n}

@@ -9,6 +9,7 @@ import torch
 
 from . import metrics as M
 from .alignment import alignment_metrics
+from .bootstrap import bootstrap_intervals
 from .generate import generate
 from .tasks import load_examples
 
@@ -93,6 +94,8 @@ def evaluate(model_dir: str | Path, cfg, tracker=None, step: int | None = None) 
                 raise ValueError(f"{task.path}: {len(missing)} references have no yes/no label "
                                  f"(first at example {missing[0]})")
             scores, judged = M.format_scores(outputs, [e.label for e in examples])
+            for metric, (lo, hi) in bootstrap_intervals(judged).items():  # 95%, over examples
+                scores[f"{metric}_lo"], scores[f"{metric}_hi"] = lo, hi
             scores.update(format_token_losses(model, tokenizer, examples, [t.token for t in cfg.model.new_tokens]))
             rows = [{"input": e.messages[-1]["content"], "output": o, "reference": e.reference,
                      "score": float(j["correct"]), "prediction": j["prediction"]}
