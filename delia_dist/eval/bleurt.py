@@ -54,7 +54,7 @@ def _load_tokenizer(ckpt: Path):
             return DebertaV2Tokenizer.from_pretrained(str(ckpt), do_lower_case=False, **specials)
         except ImportError as e:
             raise UserError(f"{ckpt}/spm.model needs the sentencepiece package ({e}): "
-                            "pip install sentencepiece -c requirements/constraints-cpu.txt") from None
+                            "pip install sentencepiece -c .venv/constraints.txt") from None
     if (ckpt / "vocab.txt").is_file() or (ckpt / "tokenizer.json").is_file():
         from transformers import BertTokenizer
         return BertTokenizer.from_pretrained(str(ckpt))

@@ -23,8 +23,8 @@ def generate(model_dir: str, prompts: list[list[dict]], max_new_tokens: int, bac
 
 
 def _generate_hf(model_dir: str, prompts, max_new_tokens: int, batch_size: int) -> list[str]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"

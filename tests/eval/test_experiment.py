@@ -2,7 +2,6 @@
 and the exact command each backend gets (Slurm through a stand-in sbatch on PATH)."""
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys

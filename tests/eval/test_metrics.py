@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
+from delia_dist.errors import UserError
 from delia_dist.eval.format_parse import parse_answer
 from delia_dist.eval.metrics import format_scores, translation_scores
 from delia_dist.eval.tasks import load_examples
-from delia_dist.errors import UserError
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared/data/delia-reference"
 
