@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ..urls import is_url
 from .errors import ConfigError, ConfigValueError
 
 _MISSING = dataclasses.MISSING
@@ -279,7 +280,7 @@ def check_paths(obj: Any, path: str = "", builder: _Builder | None = None) -> No
         sub = f"{path}.{f.name}" if path else f.name
         value = getattr(obj, f.name)
         kind = f.metadata.get("path")
-        if kind and isinstance(value, str) and value and not is_remote(value):
+        if kind and isinstance(value, str) and value and not is_url(value):
             if kind == "exists" and not os.path.exists(value):
                 raise builder.fail(sub, f"path does not exist: {value}")
             if kind == "glob" and not glob.glob(value, recursive=True):
@@ -287,10 +288,6 @@ def check_paths(obj: Any, path: str = "", builder: _Builder | None = None) -> No
             if kind == "local_or_hub" and looks_local(value) and not os.path.exists(value):
                 raise builder.fail(sub, f"path does not exist: {value}")
         check_paths(value, sub, builder)
-
-
-def is_remote(value: str) -> bool:
-    return "://" in value or value.startswith("pipe:")
 
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")

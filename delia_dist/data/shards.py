@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import atomic
+from ..urls import is_url
 from .errors import DataError, RecordError
 from .records import to_messages, tokenize_messages, tokenizer_info
 
@@ -131,7 +132,7 @@ def open_url(url: str):
     """A binary stream for a local path or any URL webdataset's gopen takes (pipe:, http...)."""
     if url.startswith("file:"):
         url = url[5:]
-    if "://" not in url and not url.startswith("pipe:"):
+    if not is_url(url):
         try:
             return open(url, "rb", buffering=1 << 20)
         except OSError as e:
