@@ -5,11 +5,19 @@ rename() alone is atomic but not durable: on ext4/xfs/Lustre the data blocks and
 directory entry can still be in the page cache when the node dies, and the "newest"
 checkpoint then holds zero-length files. So: write a temporary, fsync it, rename it, and
 fsync the directory that holds the name.
+
+Standard library only: vllm_worker imports it from vLLM's own environment.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
+
+_seq = itertools.count()  # next() is atomic under the GIL: threads of one process never share a tmp name
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -41,15 +49,38 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     fsync_path(Path(dst).parent)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{next(_seq)}")
+
+
+@contextlib.contextmanager
+def open_for_write(path: str | os.PathLike, mode: str = "w", *, durable: bool = True,
+                   **open_kw) -> Iterator[IO]:
+    """Stream into a temporary beside `path`; on a clean exit it replaces `path`, on an error
+    it is removed and `path` keeps its old content. `durable=False` skips both fsyncs (the
+    rename stays atomic, but a power cut may lose the new content): for small files rewritten
+    very often whose loss is harmless."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, mode, **open_kw) as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        if durable:
+            replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    with open_for_write(path, "wb", durable=durable) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    replace(tmp, path)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode())
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = True) -> None:
+    write_bytes(path, text.encode(), durable=durable)

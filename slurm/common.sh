@@ -63,14 +63,22 @@ delia_nccl_env() {
   export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-8}
 }
 
+# DELIA_OVERRIDES as `--set KEY=VALUE` arguments, in the array DELIA_SET_ARGS: one builder
+# for the train, eval and sample scripts.
+delia_set_args() {
+  local overrides=() o
+  read -r -a overrides <<< "${DELIA_OVERRIDES:-}"
+  DELIA_SET_ARGS=()
+  for o in "${overrides[@]}"; do
+    DELIA_SET_ARGS+=(--set "$o")
+  done
+}
+
 # Run the training ranks under srun, forward preemption signals, requeue on exit 75.
 delia_train() {
-  local overrides=() cmd srun_pid="" rc interrupted=0
-  read -r -a overrides <<< "$DELIA_OVERRIDES"
-  cmd=("$PYTHON" -m launcher train "$DELIA_CONFIG")
-  for o in "${overrides[@]}"; do
-    cmd+=(--set "$o")
-  done
+  local cmd srun_pid="" rc interrupted=0
+  delia_set_args
+  cmd=("$PYTHON" -m launcher train "$DELIA_CONFIG" "${DELIA_SET_ARGS[@]}")
   # Trapped before srun starts: an untrapped USR1 would end this shell, and the job with it.
   trap 'interrupted=1; echo "[delia] preemption signal: asking the ranks to checkpoint"; [ -z "$srun_pid" ] || kill -USR1 "$srun_pid" 2>/dev/null' USR1 TERM
   # Slurm 22.05+ no longer passes the job's --cpus-per-task on to srun by itself.

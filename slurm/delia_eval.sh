@@ -33,13 +33,9 @@ if [ "$index" -ge "${#checkpoints[@]}" ]; then
 fi
 ckpt=${checkpoints[$index]}
 out=${DELIA_EXPORT_DIR:-${ckpt%/}-hf}
-read -r -a overrides <<< "$DELIA_OVERRIDES"
-sets=()
-for o in "${overrides[@]}"; do
-  sets+=(--set "$o")
-done
+delia_set_args
 
 if [ ! -f "$out/config.json" ]; then
   srun --ntasks=1 "$PYTHON" -m delia_dist.cli ckpt export "$ckpt" "$out"
 fi
-srun --ntasks=1 "$PYTHON" -m delia_dist.cli eval "$out" --config "$DELIA_CONFIG" "${sets[@]}"
+srun --ntasks=1 "$PYTHON" -m delia_dist.cli eval "$out" --config "$DELIA_CONFIG" "${DELIA_SET_ARGS[@]}"

@@ -27,11 +27,7 @@ source "$DELIA_ROOT/slurm/common.sh"
 delia_setup
 export DELIA_GEN_VENV=${DELIA_GEN_VENV:-$DELIA_ROOT/.venv-gen}
 
-read -r -a overrides <<< "$DELIA_OVERRIDES"
-sets=()
-for o in "${overrides[@]}"; do
-  sets+=(--set "$o")
-done
+delia_set_args
 # Task index and count come from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT via the launcher.
 srun --ntasks=1 "$PYTHON" -m delia_dist.cli data sample --model "$DELIA_MODEL" --input "$DELIA_QUERIES" \
-  --out "$DELIA_OUT" --config "$DELIA_CONFIG" "${sets[@]}"
+  --out "$DELIA_OUT" --config "$DELIA_CONFIG" "${DELIA_SET_ARGS[@]}"

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# Helpers shared by every test directory (portutil) import by name, whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -34,16 +34,16 @@ def reset_peak():
 """
 
 MAKE_CKPT = ENV_PRELUDE + r"""
-import socket, sys, torch, deepspeed
+import sys, torch, deepspeed
+sys.path.insert(0, os.path.join(sys.argv[3], "tests"))
+from portutil import free_port
 from delia_dist.checkpoint import CheckpointManager, rng_state
 from delia_dist.config import load_config, to_dict
 from delia_dist.loss import CausalLMWithLoss
 from delia_dist.model import build_model, load_tokenizer
 from delia_dist.trainer import ds_config_for, _param_groups
 model_dir, root = sys.argv[1], sys.argv[2]
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 cfg = load_config(os.path.join(sys.argv[3], "configs/tiny_cpu.yaml"),
                   [f"model.name_or_path={model_dir}", "model.config=null", "model.tokenizer=null", "run_dir=" + root])

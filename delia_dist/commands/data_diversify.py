@@ -25,9 +25,9 @@ def add_arguments(p):
 def run(args) -> int:
     import json
     import logging
-    import os
     from pathlib import Path
 
+    from .. import atomic
     from ..config import load_config
     from ..errors import UserError
     from ..gen.diversify import Diversifier, estimated_cost, read_instructions
@@ -52,9 +52,7 @@ def run(args) -> int:
     div = Diversifier(cfg, cache)
     rows = div.run(instructions)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, out)
+    atomic.write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     s = div.stats
     print(f"{len(rows)} instructions x {cfg.k} paraphrases -> {out}")
     print(f"requests {s.requests} (cached {s.cached}, retries {s.retries}); tokens {s.prompt_tokens} prompt + "

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ..urls import is_url
 from .errors import ConfigError, ConfigValueError
 
 _MISSING = dataclasses.MISSING
@@ -248,49 +249,48 @@ class _Builder:
         return out
 
 
-def _walk_validate(obj: Any, path: str, builder: _Builder) -> None:
+def _dataclasses(obj: Any, path: str = ""):
+    """Every dataclass in a config tree (through lists) with its dotted path, children before
+    their parent: the one walker behind validation and path checks."""
     if isinstance(obj, list):
         for i, v in enumerate(obj):
-            _walk_validate(v, f"{path}.{i}", builder)
+            yield from _dataclasses(v, f"{path}.{i}")
         return
     if not dataclasses.is_dataclass(obj):
         return
     for f in dataclasses.fields(obj):
-        _walk_validate(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name, builder)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
+        yield from _dataclasses(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name)
+    yield obj, path
+
+
+def _walk_validate(obj: Any, path: str, builder: _Builder) -> None:
+    for node, at in _dataclasses(obj, path):
+        validate = getattr(node, "validate", None)
+        if validate is None:
+            continue
         try:
             validate()
         except ConfigValueError as e:
-            sub = f"{path}.{e.field}" if path and e.field else (e.field or path)
+            sub = f"{at}.{e.field}" if at and e.field else (e.field or at)
             raise builder.fail(sub, e.message) from None
 
 
 def check_paths(obj: Any, path: str = "", builder: _Builder | None = None) -> None:
     """Fail early on local paths that must exist (fields with metadata path='exists')."""
     builder = builder or _Builder(_Lines(), "<config>")
-    if isinstance(obj, list):
-        for i, v in enumerate(obj):
-            check_paths(v, f"{path}.{i}", builder)
-        return
-    if not dataclasses.is_dataclass(obj):
-        return
-    for f in dataclasses.fields(obj):
-        sub = f"{path}.{f.name}" if path else f.name
-        value = getattr(obj, f.name)
-        kind = f.metadata.get("path")
-        if kind and isinstance(value, str) and value and not is_remote(value):
+    for node, at in _dataclasses(obj, path):
+        for f in dataclasses.fields(node):
+            kind = f.metadata.get("path")
+            value = getattr(node, f.name)
+            if not (kind and isinstance(value, str) and value and not is_url(value)):
+                continue
+            sub = f"{at}.{f.name}" if at else f.name
             if kind == "exists" and not os.path.exists(value):
                 raise builder.fail(sub, f"path does not exist: {value}")
             if kind == "glob" and not glob.glob(value, recursive=True):
                 raise builder.fail(sub, f"no file matches {value!r}")
             if kind == "local_or_hub" and looks_local(value) and not os.path.exists(value):
                 raise builder.fail(sub, f"path does not exist: {value}")
-        check_paths(value, sub, builder)
-
-
-def is_remote(value: str) -> bool:
-    return "://" in value or value.startswith("pipe:")
 
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")

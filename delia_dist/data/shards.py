@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import tarfile
 import time
 import zlib
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
+from ..urls import is_url
 from .errors import DataError, RecordError
 from .records import to_messages, tokenize_messages, tokenizer_info
 
@@ -85,7 +86,8 @@ class ShardWriter:
     def _close_shard(self):
         self._tar.close()
         self._current["bytes"] = self._tmp.stat().st_size
-        os.replace(self._tmp, self.out_dir / self._current["path"])
+        atomic.fsync_path(self._tmp)
+        atomic.replace(self._tmp, self.out_dir / self._current["path"])
         self._tar = None
 
     def close(self) -> dict:
@@ -103,9 +105,7 @@ class ShardWriter:
         manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "shards": self.shards, "samples": self.samples, "tokens": self.tokens,
                     "loss_tokens": self.loss_tokens, "tokenizer": self.info}
-        tmp = self.out_dir / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.out_dir / MANIFEST)
+        atomic.write_text(self.out_dir / MANIFEST, json.dumps(manifest, indent=1))
         return manifest
 
     def discard(self) -> None:
@@ -132,7 +132,7 @@ def open_url(url: str):
     """A binary stream for a local path or any URL webdataset's gopen takes (pipe:, http...)."""
     if url.startswith("file:"):
         url = url[5:]
-    if "://" not in url and not url.startswith("pipe:"):
+    if not is_url(url):
         try:
             return open(url, "rb", buffering=1 << 20)
         except OSError as e:

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from ..urls import is_url
 from .errors import DataError, RecordError
 from .shards import MANIFEST, load_manifest
 
@@ -63,10 +64,6 @@ def _iter_hf(path: Path, split: str):
         yield f"{path}[{i}]", dict(row)
 
 
-def _is_url(spec: str) -> bool:
-    return spec.startswith("pipe:") or "://" in spec
-
-
 def resolve_shards(spec: str) -> tuple[list[str], dict | None, str]:
     """Shard URLs for a source spec, with the manifest (or None) and where it came from.
 
@@ -76,16 +73,16 @@ def resolve_shards(spec: str) -> tuple[list[str], dict | None, str]:
     if os.path.isdir(spec):
         spec = os.path.join(spec, MANIFEST)
     if spec.endswith(".json"):
-        if not _is_url(spec) and not os.path.exists(spec):
+        if not is_url(spec) and not os.path.exists(spec):
             raise DataError(f"{spec}: manifest not found (run `delia data shard` first?)")
         manifest = load_manifest(spec)
         urls = [s["url"] for s in manifest["shards"]]
-        missing = [u for u in urls if not _is_url(u) and not os.path.exists(u)]
+        missing = [u for u in urls if not is_url(u) and not os.path.exists(u)]
         if missing:
             raise DataError(f"{spec}: {len(missing)} shard(s) listed but missing, e.g. {missing[0]}")
         return urls, manifest, spec
     patterns = list(braceexpand(spec))
-    if _is_url(spec):
+    if is_url(spec):
         return patterns, None, spec
     urls = []
     for pattern in patterns:

@@ -1,14 +1,15 @@
 """On-disk cache of endpoint responses keyed by the request, so a rerun or a crash never
-pays for the same request twice. Writes are atomic (tmp file + os.replace): a crash
+pays for the same request twice. Writes go through atomic.open_for_write: a crash
 mid-write leaves either the old entry or none, never a torn one."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .. import atomic
 
 
 def request_key(request: dict) -> str:
@@ -36,7 +37,5 @@ class ResponseCache:
     def put(self, key: str, value: Any) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
+        with atomic.open_for_write(path, "w") as f:
             json.dump(value, f, ensure_ascii=False)
-        os.replace(tmp, path)

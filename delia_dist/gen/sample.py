@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
+from .. import atomic
 from ..errors import UserError
 from .vllm_worker import generate_chat
 
@@ -78,12 +78,6 @@ def part_queries(n_queries: int, part: int, n_parts: int) -> list[int]:
     return list(range(part, n_queries, n_parts))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def check_layout(out_dir: Path, layout: dict) -> None:
     """Every task of a run must split the same input the same way with the same settings."""
     path = out_dir / "layout.json"
@@ -95,7 +89,7 @@ def check_layout(out_dir: Path, layout: dict) -> None:
                             f"use a new --out or the same settings and --num-tasks/--parts-per-task")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps(layout, indent=1, sort_keys=True))  # same content from every task
+        atomic.write_text(path, json.dumps(layout, indent=1, sort_keys=True))  # same content from every task
 
 
 def sample(model_dir: str, queries_path: str, out_dir: str, cfg, task_index: int = 0, num_tasks: int = 1,
@@ -161,7 +155,7 @@ def sample(model_dir: str, queries_path: str, out_dir: str, cfg, task_index: int
                         log.debug("query %d sample %d skipped: %s", i, j, e)
         if skipped:
             log.warning("%s: skipped %s", part_dir, dict(skipped))
-        _atomic_write(part_dir / DONE, json.dumps({"queries": len(mine), "samples": w.samples, "tokens": w.tokens,
+        atomic.write_text(part_dir / DONE, json.dumps({"queries": len(mine), "samples": w.samples, "tokens": w.tokens,
                                                    "skipped": dict(skipped), "seed": seed}))
         done_parts.append(part_dir)
     return done_parts

@@ -1,6 +1,6 @@
 """Runs inside the vLLM environment (.venv-gen): chats in, generations out, as JSONL.
 
-Kept free of delia_dist imports beyond the standard library so it runs in vLLM's own
+Kept free of delia_dist imports beyond stdlib-only delia_dist.atomic so it runs in vLLM's own
 environment, whose pins differ from the training stack's. Started by sample.py (and
 usable for evaluation) through `generate_chat`, which runs it as a subprocess.
 
@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from delia_dist import atomic
 
 REPO = Path(__file__).resolve().parents[2]
 _ENV = {"TORCHDYNAMO_DISABLE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -106,11 +108,9 @@ def main() -> None:
             print(f"[vllm_worker] {len(rows) - len(keep)} prompt(s) of >= {limit} tokens skipped", flush=True)
     results = llm.chat([r["messages"] for r in keep], params, use_tqdm=True) if keep else []
     outputs = {r["id"]: [o.text for o in res.outputs] for r, res in zip(keep, results)}
-    tmp = Path(args.output + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic.open_for_write(args.output, "w") as f:
         for r in rows:
             f.write(json.dumps({"id": r["id"], "outputs": outputs.get(r["id"], [])}, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.output)
 
 
 if __name__ == "__main__":

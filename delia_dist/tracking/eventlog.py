@@ -19,6 +19,8 @@ import queue
 import threading
 from pathlib import Path
 
+from .. import atomic
+
 log = logging.getLogger("delia.tracking")
 
 
@@ -131,9 +133,9 @@ class EventLog:
         return offset if 0 <= offset <= self.size else 0
 
     def save_cursor(self, offset: int) -> None:
-        tmp = self.cursor_path.with_suffix(".tmp")
-        tmp.write_text(str(offset))
-        os.replace(tmp, self.cursor_path)
+        # Rewritten after every batch sent; a cursor lost to a power cut only resends events
+        # (MLflow stores an identical value once), so no fsync: atomic rename only.
+        atomic.write_text(self.cursor_path, str(offset), durable=False)
 
     def read_batch(self, offset: int, max_metrics: int) -> tuple[list[dict], int, int]:
         """Events from `offset`: one non-metric event, or consecutive metric events with

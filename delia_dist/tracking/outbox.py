@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .. import atomic
 from ..redact import env_secrets, redact_text
 from .common import STAGE_LIMIT, TEXT_SUFFIXES
 
@@ -56,9 +57,8 @@ def record_run(run_dir: Path, run_id: str, experiment_id: str, uri: str) -> None
     the server answered has no run id, and the resumed job continues this run instead."""
     path = run_file(run_dir)
     try:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id, "uri": redact_text(uri)}))
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps({"run_id": run_id, "experiment_id": experiment_id,
+                                            "uri": redact_text(uri)}))
     except OSError as e:
         log.warning("could not record MLflow run id in %s: %s", path, e)
 

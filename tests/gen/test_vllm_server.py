@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from portutil import free_port
 
 from delia_dist.gen.vllm_worker import REPO, gen_python
 
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.skipif(not gen_python().exists(),
 @pytest.fixture(scope="module")
 def vllm_server(model_dir):
     model = model_dir
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(model / "server.log", "w")
     proc = subprocess.Popen([str(gen_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                              "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),

@@ -22,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from portutil import free_port
+
 BRIDGE, SUBNET, CTL_ADDR = "deliabr0", "10.77.0", "10.77.0.1"
 NS_NODES = {"n1": f"{SUBNET}.11", "n2": f"{SUBNET}.12"}
 HOSTS_MARK = "# delia-slurm-test"
@@ -40,12 +42,6 @@ def unavailable_reason() -> str | None:
     if missing:
         return f"missing {', '.join(missing)} (install with scripts/install.sh --slurm)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _run(*cmd: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -166,8 +162,8 @@ class SlurmCluster:
         self.conf.write_text(f"""\
 ClusterName=deliatest
 SlurmctldHost={self.hostname}({CTL_ADDR})
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port("")}
+SlurmdPort={free_port("")}
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={r}/munge.sock

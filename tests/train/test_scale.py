@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,12 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from portutil import free_port  # noqa: E402
 from ranks import LOSS_TOKENS, micro_batches  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(scenario: str, world: int, out: Path, env_extra: dict | None = None, timeout: float = 300) -> list[dict]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     procs = [subprocess.Popen([sys.executable, str(HERE / "ranks.py"), scenario, str(r), str(world), str(port),
                                str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
