@@ -74,7 +74,9 @@ def report_failure(e: Exception, env: DistEnv, run_dir: Path | None) -> None:
     The first failing rank claims <run_dir>/failures/<launch>.txt (run_dir is shared by
     every rank: checkpoints go there) and prints; a rank failing later with the same
     message stays quiet, and one failing otherwise (a collective that lost its peer)
-    prints one line naming the rank that failed first. Tracebacks: for errors that do not
+    prints one line naming the rank that failed first. Only a named cause repeated verbatim is
+    silenced: a timeout seen by every rank is printed by each, because the rank that claimed
+    first may sit on the node that died, and its output never reaches the job log. Tracebacks: for errors that do not
     name a cause (bugs) on the first rank, and everywhere with DELIA_DEBUG=1."""
     from delia_dist.config import ConfigError
     from delia_dist.errors import UserError, debug_enabled
@@ -84,7 +86,7 @@ def report_failure(e: Exception, env: DistEnv, run_dir: Path | None) -> None:
     if run_dir is None:  # no shared directory yet; a bad config is the same on every rank
         first, shown = env.rank == 0 or not isinstance(e, ConfigError), line
     else:
-        first, shown = _claim_first(env, run_dir, line)
+        first, shown = _claim_first(env, run_dir, line, quiet_if_same=named)
     if debug_enabled() or first:
         print(f"[rank {env.rank}] {line}", file=sys.stderr, flush=True)
         if debug_enabled() or not named:
@@ -93,7 +95,7 @@ def report_failure(e: Exception, env: DistEnv, run_dir: Path | None) -> None:
         print(f"[rank {env.rank}] {shown}", file=sys.stderr, flush=True)
 
 
-def _claim_first(env: DistEnv, run_dir: Path, line: str) -> tuple[bool, str]:
+def _claim_first(env: DistEnv, run_dir: Path, line: str, quiet_if_same: bool = True) -> tuple[bool, str]:
     """(True, line) for the first failing rank of this launch; for a later one, the line it
     should print: empty when it repeats the first rank's message."""
     launch = f"{env.job_id or 'local'}-{env.master_addr}-{env.master_port}-{env.restart_count}"
@@ -107,8 +109,9 @@ def _claim_first(env: DistEnv, run_dir: Path, line: str) -> tuple[bool, str]:
             return True, line
         except FileExistsError:
             rank, _, first_line = claim.read_text().partition("\n")
-            return False, "" if first_line.strip() == line.strip() else \
-                f"stopped after rank {rank} failed ({line[:300]})"
+            if quiet_if_same and first_line.strip() == line.strip():
+                return False, ""
+            return False, f"{line[:300]} (rank {rank} failed first)"
         finally:
             tmp.unlink(missing_ok=True)
     except OSError:

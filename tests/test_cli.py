@@ -87,8 +87,13 @@ def test_only_the_first_failing_rank_prints_the_cause(tmp_path, capsys, monkeypa
     fail(1, RuntimeError("Connection closed by peer [127.0.0.1]:1234"))
     assert capsys.readouterr().err.splitlines() == [
         f"[rank 2] error: {cause}",
-        "[rank 1] stopped after rank 2 failed (training failed: RuntimeError: Connection closed by peer "
-        "[127.0.0.1]:1234)"]
+        "[rank 1] training failed: RuntimeError: Connection closed by peer [127.0.0.1]:1234 "
+        "(rank 2 failed first)"]
+    # A timeout every rank sees is said by each: the first may be on a node that died.
+    fail(3, RuntimeError("Connection closed by peer [127.0.0.1]:1234"))
+    assert capsys.readouterr().err.splitlines() == [
+        "[rank 3] training failed: RuntimeError: Connection closed by peer [127.0.0.1]:1234 "
+        "(rank 2 failed first)"]
     fail(3, RuntimeError("boom: a bug"), restart=1)
     err = capsys.readouterr().err
     assert err.startswith("[rank 3] training failed: RuntimeError: boom: a bug\nTraceback")  # a bug: traceback

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +166,11 @@ def test_config_saved_by_an_older_version_still_resumes(repo_root):
     old["tracking"]["max_queue"] = 20000
     cfg = config_from_dict(old)
     assert cfg.loss.head_grad_dtype == "input" and not hasattr(cfg.train, "log_every")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """A shipped config that no longer validates (a renamed or removed key) breaks the job
+    that uses it only when someone runs it: catch it here."""
+    load_config(path, check_paths=False)

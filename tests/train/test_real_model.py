@@ -39,7 +39,7 @@ def _config(ws: Path, model_dir: Path) -> Path:
                  "sources": [{"name": "task", "kind": "downstream", "shards": str(ws / "shards/manifest.json"),
                               "weight": 1.0, "max_epochs": 1000}]},
         "train": {"lr": 2e-3, "warmup_steps": 0, "schedule": "constant", "max_steps": STEPS,
-                  "micro_batch_size": 1, "grad_accum": 1, "precision": "fp32", "log_every": 1},
+                  "micro_batch_size": 1, "grad_accum": 1, "precision": "fp32"},
         "loss": {"impl": "chunked"},
         "deepspeed": {"stage": 3, "overlap_comm": False, "stage3_param_persistence_threshold": 0,
                       "gather_16bit_weights_on_model_save": True, "torch_adam": True},
