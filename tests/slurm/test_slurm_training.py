@@ -214,7 +214,9 @@ def test_eval_job_exports_the_checkpoint_and_scores_it(slurm, workspace, straigh
     text = output(workspace, name)
     scores = dict(re.findall(r"^(\S+)\s+(-?\d+\.\d{4})$", text, re.M))
     assert {"eval/translation/chrf", "eval/translation/bleu", "eval/format/well_formed"} <= set(scores), text
-    assert 0 < float(scores["eval/translation/chrf"]) <= 100  # sacrebleu's chrF is 0-100
+    # sacrebleu's chrF is 0-100. After 24 steps the toy model may answer with its most
+    # frequent loss token, <|end|>, first (an empty answer scores 0), so no lower bound.
+    assert 0 <= float(scores["eval/translation/chrf"]) <= 100
 
 
 def test_experiment_slurm_backend_runs_on_the_real_cluster(slurm, workspace):
