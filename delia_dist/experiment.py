@@ -91,8 +91,10 @@ def plan_runs(config_path: str, overrides: list[str] = (), only: list[str] | Non
     plan = []
     for spec in specs:
         run_dir = root / spec.name
-        run_over = [f"run_dir={run_dir}", f"tracking.uri={uri}", f"tracking.run_name={spec.name}",
-                    *spec.overrides, *overrides]
+        # The run's own directory, store and name go last: a `--set run_dir=X` on the command
+        # line moves the whole matrix under X, it must not put every run in one directory.
+        run_over = [*spec.overrides, *overrides, f"run_dir={run_dir}", f"tracking.uri={uri}",
+                    f"tracking.run_name={spec.name}"]
         plan.append((spec.name, run_dir, run_over, load_config(config_path, run_over, check_paths=check_paths)))
     return plan
 

@@ -25,7 +25,11 @@ def test_plan_applies_run_overrides_then_command_line(repo_root, tmp_path, monke
     name, run_dir, over, cfg = plan[1]
     assert str(run_dir) == f"runs/tiny/{name}" and cfg.run_dir == str(run_dir)
     assert cfg.tracking.run_name == name and cfg.tracking.uri == plan[0][3].tracking.uri  # one store
-    assert over[-1] == "train.max_steps=3"
+    assert "train.max_steps=3" in over
+    # --set run_dir moves the matrix; each run still gets its own directory and run name.
+    moved = plan_runs(cfg_path, ["run_dir=elsewhere"], check_paths=False)
+    assert [cfg.run_dir for _, _, _, cfg in moved] == [f"elsewhere/{n}" for n in names]
+    assert [cfg.tracking.run_name for _, _, _, cfg in moved] == names
     assert [p[0] for p in plan_runs(cfg_path, only=["baseline"], check_paths=False)] == ["baseline"]
     with pytest.raises(ValueError, match=r"--only names \['nope'\] are not in experiment.runs"):
         plan_runs(cfg_path, only=["baseline", "nope"], check_paths=False)
