@@ -38,7 +38,7 @@ def run(args) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
+    cmd = [sys.executable, "-m", "launcher.torchrun", f"--nproc_per_node={args.nproc}",
            "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={port}",
            "-m", "launcher", "train", args.config]
     for o in args.overrides:
