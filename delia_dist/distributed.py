@@ -125,14 +125,6 @@ def all_ranks(flag: bool) -> bool:
     return not any_rank(not flag)
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a small host tensor over ranks (metrics); returns a new float64 CPU tensor."""
-    out = t.detach().to("cpu", torch.float64, copy=True)
-    if dist.is_initialized():
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=_host_group)
-    return out
-
-
 def sum_device(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks in place on the training device; returns it. A tensor on
     another device is a programming error (NCCL would reject it on a GPU only)."""
