@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from .env import DistEnv, EnvError, detect_env
+from .netif import choose_gloo_interface
 from .signals import StopFlag
 
 EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED = 0, 1, 75
@@ -139,9 +140,11 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(EXIT_FAILED)
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s", stream=sys.stdout)
+    # Before any process group: gloo reads GLOO_SOCKET_IFNAME when a group is made.
+    gloo = choose_gloo_interface(env.master_addr, env.num_nodes) if env.world_size > 1 else "no gloo group"
     print(f"[rank {env.rank}] {env.launcher}: rank {env.rank}/{env.world_size} local {env.local_rank}/"
           f"{env.local_world_size} on {socket.gethostname()} (node {env.node_rank}/{env.num_nodes}), "
-          f"master {env.master_addr}:{env.master_port}, restart {env.restart_count}", flush=True)
+          f"master {env.master_addr}:{env.master_port}, restart {env.restart_count}; {gloo}", flush=True)
     stop = StopFlag.install(rank=env.rank)
     code = train(args, env, stop)
     teardown(env, code)

@@ -21,8 +21,9 @@
 #   DELIA_DIST_TIMEOUT  seconds a collective waits for a dead peer before the job fails (600)
 #   DELIA_RENDEZVOUS_TIMEOUT  seconds the ranks wait for each other at start-up (1800): 64 ranks
 #                    importing torch from a shared filesystem start minutes apart
-#   GLOO_SOCKET_IFNAME  on multi-NIC nodes, the interface for the small gloo side group that
-#                    carries per-step host flags beside NCCL
+#   GLOO_SOCKET_IFNAME  the interface for gloo (the side group that carries per-step host
+#                    values beside NCCL); by default each rank takes the interface that routes
+#                    to the master (launcher/netif.py) and prints it in its start-up line
 
 EXIT_PREEMPTED=75
 
