@@ -144,7 +144,8 @@ class Plan:
             lines.append(f"  {'offloaded to host memory':<46s}{self.host_memory_gb:9.2f}")
         if self.storage_gb:
             lines += ["", "checkpoint and export (GB = 1e9 bytes)"]
-            lines += [f"  {part:<46s}{gb:9.3f}" for part, gb in self.storage_gb.items()]
+            width = max(map(len, self.storage_gb))
+            lines += [f"  {part:<{width}s}{gb:10.3f}" for part, gb in self.storage_gb.items()]
         lines += ["", "counted as"] + [f"  {f}" for f in self.formulas]
         lines += ["", f"throughput {self.tokens_per_s:,.0f} tokens/s at MFU {self.mfu:.2f} "
                       f"({self.flops_per_token / 1e9:.1f} GFLOP/token, {self.step_tokens:,} tokens/step)"]
@@ -323,6 +324,9 @@ def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, tr
         "checkpoint: data-stream state, per rank": data_state,
         f"checkpoint: whole step dir ({world} ranks)": model_states + data_state * world,
         "elastic resume: universal copy (once, on disk)": trainable * 12,
+        # Each new rank reads every old rank's stream state to re-deal the epoch
+        # (checkpoint_elastic.remapped_rank_state); counted for an old job of this size.
+        f"elastic resume: old data states each rank reads ({world} files)": data_state * world,
         "export: peak memory of the streaming writer": export_peak_bytes(largest, out_bytes, lora),
         "export: HF safetensors on disk": n * out_bytes,
     }

@@ -109,6 +109,9 @@ def test_70b_checkpoint_bytes_data_state_and_export_memory():
     data = st["checkpoint: data-stream state, per rank"]
     assert 2 * 4 * 100_000 * 16 / GB < data < 0.05
     assert st["elastic resume: universal copy (once, on disk)"] == pytest.approx(12 * n / GB)
+    # Re-dealing the epoch: every new rank reads all 64 old states, about 1 GB each, once.
+    assert st["elastic resume: old data states each rank reads (64 files)"] == pytest.approx(64 * data)
+    assert 64 * data < 2.0
     # The streaming export holds about one embedding matrix in fp32 twice, not the model.
     vh = 128320 * 8192
     assert vh * 10 / GB < st["export: peak memory of the streaming writer"] < 0.1 * 2 * n / GB
