@@ -41,8 +41,10 @@ stage "downstream task: the <sep> judging task (train records, instruction, eval
 
 stage "diverse data: the model answers configs/user_queries.jsonl itself (vLLM, CPU)"
 # The offline engine runs in this process: the core vLLM reserves for a server frontend
-# would sit idle, so both cores generate.
-VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 \
+# would sit idle, so both cores generate. VLLM_LOGGING_LEVEL=ERROR: vLLM warns once per
+# tensor when it casts the fp32 checkpoint to bf16 (130 lines) and its INFO lines would bury
+# the job's own; its errors still show.
+VLLM_CPU_NUM_OF_RESERVED_CPU=0 OMP_NUM_THREADS=2 VLLM_LOGGING_LEVEL=ERROR \
   "${DELIA[@]}" data sample --model "$MODEL" --input configs/user_queries.jsonl \
   --out "$ROOT/shards/diverse" --config "$CONFIG" 2>&1 | grep -v -e "it/s" -e "s/it" || true
 [ -f "$ROOT/shards/diverse/part-00000/DONE" ] || { echo "[main] self-sampling failed"; exit 1; }

@@ -53,7 +53,7 @@ def reading(results: list[dict], n_examples: int | None = None, baseline: str = 
     n = f" on {n_examples} held-out examples" if n_examples else ""
     if base in rows and baseline in rows:
         how = compare(rows[baseline], rows[base])
-        out.append(f"training vs the untrained model{n}: accuracy {rows[base][f'{TASK}/accuracy']:.3f} -> "
+        out.append(f"{baseline} vs the untrained model ({base}){n}: accuracy {rows[base][f'{TASK}/accuracy']:.3f} -> "
                    f"{rows[baseline][f'{TASK}/accuracy']:.3f}, well-formed {rows[base][f'{TASK}/well_formed']:.3f} -> "
                    f"{rows[baseline][f'{TASK}/well_formed']:.3f}; "
                    + ("the baseline is better beyond the 95% intervals." if how == "above" else
