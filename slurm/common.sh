@@ -21,6 +21,10 @@
 #   DELIA_DIST_TIMEOUT  seconds a collective waits for a dead peer before the job fails (600)
 #   DELIA_RENDEZVOUS_TIMEOUT  seconds the ranks wait for each other at start-up (1800): 64 ranks
 #                    importing torch from a shared filesystem start minutes apart
+#   DELIA_PREFLIGHT  what the job does with `delia plan`'s verdict before srun starts the ranks:
+#                    warn (default: print the plan, go on), strict (stop when it does not fit),
+#                    off (skip). The GPU type comes from nvidia-smi, or DELIA_PLAN_GPU
+#                    (h100-80gb, a100-80gb, h200); CPU jobs skip it.
 #   GLOO_SOCKET_IFNAME  the interface for gloo (the side group that carries per-step host
 #                    values beside NCCL); by default each rank takes the interface that routes
 #                    to the master (launcher/netif.py) and prints it in its start-up line
@@ -75,10 +79,55 @@ delia_set_args() {
   done
 }
 
+# The GPU type `delia plan` knows, from the first GPU nvidia-smi lists on this node (empty if none).
+delia_gpu_kind() {
+  local name
+  name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+  case "$name" in
+    *H200*) echo h200 ;;
+    *H100*) echo h100-80gb ;;
+    *A100*80GB*) echo a100-80gb ;;
+  esac
+}
+
+# `delia plan` for this allocation, printed into the job log before 64 ranks load a 70B
+# model: what each GPU will hold, tokens/s, hours, checkpoint sizes. A plan that does not fit
+# is a warning (the estimate can be off), or the end of the job with DELIA_PREFLIGHT=strict.
+delia_preflight() {
+  local mode=${DELIA_PREFLIGHT:-warn} gpu gpn rc=0
+  case "$mode" in
+    off) return 0 ;;
+    warn | strict) ;;
+    *) echo "[delia] DELIA_PREFLIGHT=$mode: use warn, strict or off" >&2; return 1 ;;
+  esac
+  gpu=${DELIA_PLAN_GPU:-$(delia_gpu_kind)}
+  if [ -z "$gpu" ]; then
+    echo "[delia] preflight: no GPU type known on this node (CPU job, or set DELIA_PLAN_GPU); plan skipped"
+    return 0
+  fi
+  gpn=${SLURM_NTASKS_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}}
+  gpn=${gpn%%(*}  # "8(x8)" from a heterogeneous layout: the first node's count
+  echo "[delia] preflight: delia plan on ${SLURM_JOB_NUM_NODES:-1} x $gpn $gpu"
+  "$PYTHON" -m delia_dist.cli plan "$DELIA_CONFIG" --nodes "${SLURM_JOB_NUM_NODES:-1}" \
+    --gpus-per-node "$gpn" --gpu "$gpu" "${DELIA_SET_ARGS[@]}" || rc=$?
+  if [ "$rc" -eq 1 ]; then
+    if [ "$mode" = strict ]; then
+      echo "[delia] preflight: the plan says this does not fit (above); stopping (DELIA_PREFLIGHT=strict)" >&2
+      return 1
+    fi
+    echo "[delia] preflight: WARNING: the plan says this does not fit (above); starting anyway" \
+         "(DELIA_PREFLIGHT=strict stops here)" >&2
+  elif [ "$rc" -ne 0 ]; then
+    echo "[delia] preflight: delia plan could not run (exit $rc, above); starting anyway" >&2
+  fi
+  return 0
+}
+
 # Run the training ranks under srun, forward preemption signals, requeue on exit 75.
 delia_train() {
   local cmd srun_pid="" rc interrupted=0
   delia_set_args
+  delia_preflight || return 1
   cmd=("$PYTHON" -m launcher train "$DELIA_CONFIG" "${DELIA_SET_ARGS[@]}")
   # Trapped before srun starts: an untrapped USR1 would end this shell, and the job with it.
   trap 'interrupted=1; echo "[delia] preemption signal: asking the ranks to checkpoint"; [ -z "$srun_pid" ] || kill -USR1 "$srun_pid" 2>/dev/null' USR1 TERM
