@@ -1,7 +1,8 @@
 """Resume a checkpoint on a different number of ranks.
 
 Model + optimizer: DeepSpeed's ZeRO-3 shards are cut for the world size that wrote them.
-On the first resume at another size, rank 0 converts the step directory once into
+On the first resume at another size, rank 0 converts the step directory once (in a child
+interpreter, see _convert) into
 DeepSpeed's universal format (one fp32 / exp_avg / exp_avg_sq file per parameter) in
 <step>/universal, written under a temporary name and renamed when durable; every other
 rank waits for the COMPLETE marker on the filesystem (not in a collective, whose timeout
@@ -21,6 +22,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -66,12 +69,28 @@ def ensure_universal(path: Path, rank: int, wait_s: float | None = None) -> Path
 
 
 def _convert(path: Path, out: Path) -> None:
+    """Runs the conversion in a fresh interpreter. DeepSpeed's converter forks its extract
+    workers, and rank 0 has by now initialised CUDA and started NCCL's and gloo's threads:
+    forking that process risks a child stuck on a lock some thread held at fork time. The
+    child also returns the converter's memory (a few 70B optimizer shards of ~13 GB each
+    at once) to the node when it exits."""
+    t0 = time.perf_counter()
+    log.info("converting %s to DeepSpeed's universal format for a new world size (once)", path)
+    # The converter's own progress lines go to this rank's log, as they would in-process.
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.checkpoint_elastic", str(path), str(out)], env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"DeepSpeed's universal conversion of {path} failed with exit code "
+                           f"{proc.returncode} (its output is above in rank 0's log)")
+    log.info("universal conversion of %s done in %.1f s", path.name, time.perf_counter() - t0)
+
+
+def _convert_here(path: Path, out: Path) -> None:
     from deepspeed.checkpoint import ds_to_universal
 
     tmp = path / f".{UNIVERSAL}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.perf_counter()
-    log.info("converting %s to DeepSpeed's universal format for a new world size (once)", path)
     # Each extract worker holds one rank's optimizer file (70B on 64 ranks: ~13 GB), so few.
     workers = max(1, min(4, (os.cpu_count() or 1) // 2))
     args = argparse.Namespace(input_folder=str(path), output_folder=str(tmp), num_extract_workers=workers,
@@ -84,7 +103,6 @@ def _convert(path: Path, out: Path) -> None:
     if out.exists():  # a stale, incomplete conversion
         shutil.rmtree(out)
     atomic.replace(tmp, out)
-    log.info("universal conversion of %s done in %.1f s", path.name, time.perf_counter() - t0)
 
 
 def load_universal(engine, path: Path, load_optimizer: bool) -> None:
@@ -149,3 +167,7 @@ def steps_after_resume(cfg, world: int, counters: dict, schedule, total_steps: i
     if total != schedule.max_steps:
         schedule.resize(total)
     return total
+
+
+if __name__ == "__main__":  # the child _convert starts: python -m delia_dist.checkpoint_elastic STEP_DIR OUT
+    _convert_here(Path(sys.argv[1]), Path(sys.argv[2]))

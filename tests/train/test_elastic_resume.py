@@ -115,3 +115,18 @@ def test_resume_with_another_sequence_length_is_one_clear_line(ws, two_rank):
     lines = [l for l in proc.stderr.splitlines() if "data.seq_len: checkpoint 256, config 128" in l]
     assert len(lines) == 1 and "cannot resume" in lines[0], proc.stderr[-3000:]
     assert "training failed" not in proc.stderr  # a config error: the line, no rank traceback
+
+
+def test_a_failed_conversion_runs_apart_and_is_reported_to_every_rank(tmp_path):
+    """The conversion runs in its own interpreter (DeepSpeed forks workers, which is unsafe
+    from a rank holding CUDA and NCCL threads); its failure reaches rank 0 as one error and
+    the waiting ranks through the FAILED marker instead of a 24-hour wait."""
+    from delia_dist import checkpoint_elastic as elastic
+    step = tmp_path / "step_4"
+    step.mkdir()
+    (step / "trainer_state.json").write_text("{}")  # no DeepSpeed shards: the converter fails
+    with pytest.raises(RuntimeError, match="universal conversion of .*step_4 failed with exit code"):
+        elastic.ensure_universal(step, rank=0)
+    assert (step / ".universal.FAILED").is_file() and not (step / "universal").exists()
+    with pytest.raises(RuntimeError, match="rank 0 failed to convert"):
+        elastic.ensure_universal(step, rank=1, wait_s=30)
