@@ -60,10 +60,14 @@ def default_route_interface(route_table: str = "/proc/net/route") -> Optional[st
     return None
 
 
+def interface_holding(addr: Optional[str]) -> Optional[str]:
+    """The interface whose primary IPv4 address is `addr`, or None."""
+    return next((name for name, a in interface_addresses().items() if a == addr), None) if addr else None
+
+
 def interface_toward(host: str) -> Optional[str]:
     """The interface that holds the source address toward `host`, or None."""
-    src = source_address(host)
-    return next((name for name, addr in interface_addresses().items() if addr == src), None)
+    return interface_holding(source_address(host))
 
 
 def choose_gloo_interface(master_addr: str, num_nodes: int,
@@ -84,7 +88,7 @@ def choose_gloo_interface(master_addr: str, num_nodes: int,
         environ["GLOO_SOCKET_IFNAME"] = name
         return (f"gloo on {name} (default route: {master_addr} resolves to loopback here; "
                 "set GLOO_SOCKET_IFNAME if the nodes talk over another network)")
-    name = next((n for n, addr in interface_addresses().items() if addr == src), None)
+    name = interface_holding(src)
     if name is None:
         return f"gloo on the hostname's address (no interface holds {src}, the source toward {master_addr})"
     environ["GLOO_SOCKET_IFNAME"] = name
