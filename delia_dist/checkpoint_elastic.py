@@ -3,9 +3,9 @@
 Model + optimizer: DeepSpeed's ZeRO-3 shards are cut for the world size that wrote them.
 On the first resume at another size, rank 0 converts the step directory once (in a child
 interpreter, see _convert) into DeepSpeed's universal format (one fp32 / exp_avg /
-exp_avg_sq file per parameter) in <step>/universal, written under a temporary name and renamed when durable; every other
-rank waits for the COMPLETE marker on the filesystem (not in a collective, whose timeout
-is far shorter than a 70B conversion). The engine then loads it with
+exp_avg_sq file per parameter) in <step>/universal, written under a temporary name and
+renamed when durable; every other rank waits for the COMPLETE marker on the filesystem
+(not in a collective, whose timeout is far shorter than a 70B conversion). The engine then loads it with
 load_universal_checkpoint, which re-partitions fp32 master weights and Adam moments for
 the new world. Later resumes at any size reuse the cached conversion.
 

@@ -2,9 +2,11 @@
 needs (requeue, appended output, USR1 to the batch shell ahead of the limit)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,10 +52,8 @@ def test_70b_script_is_eight_nodes_of_eight_gpus_with_nccl_settings():
     assert 'scontrol requeue "$SLURM_JOB_ID"' in common and "srun" in common
 
 
-def _preflight(tmp_path, **env_extra) -> subprocess.CompletedProcess:
+def _preflight(**env_extra) -> subprocess.CompletedProcess:
     """delia_preflight as delia_train calls it, on the batch node, without srun."""
-    import os
-    import sys
     script = ('set -uo pipefail; source slurm/common.sh; PYTHON="$1"; DELIA_CONFIG=configs/llama3_70b.yaml; '
               'delia_set_args; delia_preflight; echo "preflight rc=$?"')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "DELIA_"))}
@@ -62,33 +62,32 @@ def _preflight(tmp_path, **env_extra) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_preflight_prints_the_plan_and_stops_only_when_strict(tmp_path):
-    fits = _preflight(tmp_path, DELIA_PLAN_GPU="h100-80gb", SLURM_JOB_NUM_NODES="8", SLURM_NTASKS_PER_NODE="8")
+def test_preflight_prints_the_plan_and_stops_only_when_strict():
+    fits = _preflight(DELIA_PLAN_GPU="h100-80gb", SLURM_JOB_NUM_NODES="8", SLURM_NTASKS_PER_NODE="8")
     assert "preflight rc=0" in fits.stdout and "FITS: " in fits.stdout, fits.stdout + fits.stderr
     assert "64 x H100 SXM 80GB" in fits.stdout and "WARNING" not in fits.stderr
     # 70B full fine-tuning on one node of 8 GPUs does not fit: a warning, or the end of the job.
     one = dict(DELIA_PLAN_GPU="h100-80gb", SLURM_JOB_NUM_NODES="1", SLURM_NTASKS_PER_NODE="8")
-    warn = _preflight(tmp_path, **one)
+    warn = _preflight(**one)
     assert "DOES NOT FIT" in warn.stdout and "preflight rc=0" in warn.stdout
     assert "WARNING: the plan says this does not fit" in warn.stderr
-    strict = _preflight(tmp_path, DELIA_PREFLIGHT="strict", **one)
+    strict = _preflight(DELIA_PREFLIGHT="strict", **one)
     assert "preflight rc=1" in strict.stdout and "stopping (DELIA_PREFLIGHT=strict)" in strict.stderr
-    off = _preflight(tmp_path, DELIA_PREFLIGHT="off", **one)
+    off = _preflight(DELIA_PREFLIGHT="off", **one)
     assert off.stdout.strip() == "preflight rc=0"
-    bad = _preflight(tmp_path, DELIA_PREFLIGHT="yes", **one)
+    bad = _preflight(DELIA_PREFLIGHT="yes", **one)
     assert "preflight rc=1" in bad.stdout and "use warn, strict or off" in bad.stderr
 
 
 def test_preflight_reads_the_gpu_type_from_nvidia_smi_and_skips_without_one(tmp_path):
-    import os
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
     smi.write_text('#!/bin/sh\necho "NVIDIA H200"\necho "NVIDIA H200"\n')
     smi.chmod(0o755)
     path = f"{bin_dir}:{os.environ['PATH']}"
-    h200 = _preflight(tmp_path, PATH=path, SLURM_JOB_NUM_NODES="8", SLURM_NTASKS_PER_NODE="8")
+    h200 = _preflight(PATH=path, SLURM_JOB_NUM_NODES="8", SLURM_NTASKS_PER_NODE="8")
     assert "delia plan on 8 x 8 h200" in h200.stdout and "H200 141GB" in h200.stdout, h200.stdout + h200.stderr
     smi.write_text("#!/bin/sh\nexit 9\n")  # no driver: nvidia-smi fails
-    none = _preflight(tmp_path, PATH=path, SLURM_JOB_NUM_NODES="1")
+    none = _preflight(PATH=path, SLURM_JOB_NUM_NODES="1")
     assert "plan skipped" in none.stdout and "preflight rc=0" in none.stdout
