@@ -109,7 +109,7 @@ def main():
     ap.add_argument("--pack-buffer", type=int, default=64)
     args = ap.parse_args()
 
-    from delia_dist.tiny import train_tokenizer
+    from delia_dist.model.tiny import train_tokenizer
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from delia_dist.config.train import LossConfig  # noqa: E402
-from delia_dist.loss import CausalLMWithLoss  # noqa: E402
+from delia_dist.train.loss import CausalLMWithLoss  # noqa: E402
 
 # Llama-3.2-1B and Llama-3.1-8B shapes (untied head here: the loss reads the head weight).
 SIZES = {

@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seq-len", type=int, default=256)
     args = ap.parse_args()
-    from delia_dist.synth import prepare_workspace
+    from delia_dist.data.synth import prepare_workspace
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
         prepare_workspace(ws / "runs/tiny", n_train=200, n_eval=4, n_diverse=3000)

@@ -58,7 +58,7 @@ fi
 smoke() {
   local ws=/tmp/delia-smoke log="$OUT/nccl_smoke.log"
   rm -rf "$ws" && mkdir -p "$ws"
-  python3 -c "from delia_dist.synth import prepare_workspace; prepare_workspace('$ws/runs/tiny', n_train=80, n_eval=8, n_diverse=600)"
+  python3 -c "from delia_dist.data.synth import prepare_workspace; prepare_workspace('$ws/runs/tiny', n_train=80, n_eval=8, n_diverse=600)"
   local sets=(--set train.precision=bf16 --set model.dtype=bfloat16 --set loss.impl=fused --set tracking.enabled=false
               --set checkpoint.every_steps=10 --set tracking.log_every=5 --set eval.every_steps=10)
   ( set -e

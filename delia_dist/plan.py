@@ -23,7 +23,7 @@ Storage (per checkpoint, per rank and on disk): ZeRO-3 saves each rank's weight 
 (2 B/param in bf16) and its fp32 master + Adam m, v (12 B per trainable param); each rank
 adds its data-stream state (shuffle buffers by reference, delia_dist.data.stream_state_bytes).
 A resume on another world size first writes DeepSpeed's universal copy (12 B per trainable
-param more). Export streams one tensor at a time (delia_dist.export.export_peak_bytes).
+param more). Export streams one tensor at a time (delia_dist.checkpoint.export.export_peak_bytes).
 Throughput: tokens/s = MFU * peak FLOP/s * GPUs / (6 * N_matmul + 12 * L * H * s), with
 N_matmul the parameters that take part in matmuls (all but the input embedding).
 """
@@ -307,8 +307,8 @@ def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, tr
     """Bytes a checkpoint writes, the data state inside it, an elastic resume's extra copy
     and the streaming export's peak memory: what decides disk quota, save time and which
     node can export."""
+    from .checkpoint.export import export_peak_bytes
     from .data import stream_state_bytes
-    from .export import export_peak_bytes
 
     model_states = n * w_bytes + trainable * (12 if mixed else 8)
     d = cfg.data

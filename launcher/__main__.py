@@ -49,7 +49,7 @@ def train(args, env: DistEnv, stop: StopFlag) -> int:
     cfg = None
     try:
         from delia_dist.config import load_config
-        from delia_dist.trainer import run_training
+        from delia_dist.train.trainer import run_training
         cfg = load_config(args.config, args.overrides, check_paths=True)
         result = run_training(cfg, env, stop_requested=stop.is_set, timeout_s=args.timeout,
                               rendezvous_timeout_s=args.rendezvous_timeout)

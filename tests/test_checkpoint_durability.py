@@ -29,7 +29,7 @@ def engine():
 
 
 def test_files_and_dirs_are_fsynced_before_the_renames(engine, tiny_tokenizer, tmp_path, monkeypatch):
-    from delia_dist.checkpoint import CheckpointManager
+    from delia_dist.checkpoint.manager import CheckpointManager
     events = []
     real_fsync, real_replace = os.fsync, os.replace
 

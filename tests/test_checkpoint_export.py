@@ -24,7 +24,7 @@ MEASURE = r"""
 import transformers, deepspeed, safetensors, torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-import delia_dist.export, delia_dist.zero_reader
+import delia_dist.checkpoint.export, delia_dist.checkpoint.zero_reader
 def vm(key):
     return int([l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1]) * 1024
 def reset_peak():
@@ -37,11 +37,11 @@ MAKE_CKPT = ENV_PRELUDE + r"""
 import sys, torch, deepspeed
 sys.path.insert(0, os.path.join(sys.argv[3], "tests"))
 from portutil import free_port
-from delia_dist.checkpoint import CheckpointManager, rng_state
+from delia_dist.checkpoint.manager import CheckpointManager, rng_state
 from delia_dist.config import load_config, to_dict
-from delia_dist.loss import CausalLMWithLoss
-from delia_dist.model import build_model, load_tokenizer
-from delia_dist.trainer import ds_config_for, _param_groups
+from delia_dist.train.loss import CausalLMWithLoss
+from delia_dist.model.build import build_model, load_tokenizer
+from delia_dist.train.trainer import ds_config_for, _param_groups
 model_dir, root = sys.argv[1], sys.argv[2]
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
@@ -58,7 +58,7 @@ CheckpointManager(root, 1).save(engine, 1, {"rng": rng_state()},
 
 NEW_EXPORT = ENV_PRELUDE + MEASURE + r"""
 import sys
-from delia_dist.export import export_checkpoint
+from delia_dist.checkpoint.export import export_checkpoint
 base = reset_peak()
 export_checkpoint(sys.argv[1], sys.argv[2], remap_bytes=64 << 20)
 print("RSS", base, vm("VmHWM:"))
@@ -113,7 +113,7 @@ def test_export_peak_memory_is_one_tensor_not_the_model(smollm2_ckpt, smollm2_di
     new_extra, old_extra = new_peak - new_base, old_peak - old_base
     print(f"model {model_bytes / 2**20:.0f} MiB fp32, largest tensor {largest * 4 / 2**20:.0f} MiB: "
           f"streaming export +{new_extra / 2**20:.0f} MiB over its imports, old export +{old_extra / 2**20:.0f} MiB")
-    from delia_dist.export import export_peak_bytes
+    from delia_dist.checkpoint.export import export_peak_bytes
     bound = export_peak_bytes(largest, 4, remap_bytes=64 << 20)
     assert new_extra < bound + (64 << 20), (new_extra, bound)  # + allocator slack and tokenizer
     assert old_extra > 2 * model_bytes and new_extra < old_extra / 3, (new_extra, old_extra, model_bytes)
@@ -147,8 +147,8 @@ def test_real_tied_model_exports_tied_with_its_weights(smollm2_ckpt, smollm2_dir
 def test_70b_export_fits_a_node():
     """configs/llama3_70b.yaml: the old export held the fp32 state dict and an fp32 model
     (2 x 4 B x 70.6 G params ~ 565 GB); streaming needs the embedding twice over plus 1 GiB."""
+    from delia_dist.checkpoint.export import export_peak_bytes
     from delia_dist.config import load_config
-    from delia_dist.export import export_peak_bytes
     from delia_dist.plan import architecture
     cfg = load_config(REPO / "configs/llama3_70b.yaml")
     arch = architecture(cfg.model, vocab=128256 + 64)

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from delia_dist.errors import UserError
-from delia_dist.model_fetch import KNOWN, STAMP, fetch, read_stamp
+from delia_dist.model.fetch import KNOWN, STAMP, fetch, read_stamp
 
 SMOL = KNOWN["smollm2-135m-instruct"]
 

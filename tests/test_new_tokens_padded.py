@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from delia_dist.config.model import NewTokenConfig
-from delia_dist.new_tokens import add_tokens, resize_and_init
+from delia_dist.model.new_tokens import add_tokens, resize_and_init
 
 REPO = Path(__file__).resolve().parents[1]
 DESC = "json format with thought and hallucination"
@@ -33,7 +33,7 @@ def _tables(model):
 def test_new_tokens_on_a_padded_matrix(tiny_tokenizer_dir, tied, rows):
     from transformers import AutoTokenizer
 
-    from delia_dist.tiny import build_model, llama_config
+    from delia_dist.model.tiny import build_model, llama_config
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     base = len(tok)
     model = build_model(llama_config(vocab_size=rows, tie_word_embeddings=tied))
@@ -64,7 +64,7 @@ def test_new_tokens_on_a_padded_matrix(tiny_tokenizer_dir, tied, rows):
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from delia_dist.synth import prepare_workspace
+    from delia_dist.data.synth import prepare_workspace
     root = tmp_path_factory.mktemp("padded")
     paths = prepare_workspace(root / "runs/tiny", n_train=40, n_eval=4, n_diverse=200)
     from transformers import AutoTokenizer
@@ -125,8 +125,8 @@ def test_lora_trains_a_tied_sep_row_once(tiny_tokenizer_dir, tied):
     from transformers import AutoTokenizer
 
     from delia_dist.config.model import LoraConfig
-    from delia_dist.model import apply_lora, output_head
-    from delia_dist.tiny import build_model, llama_config
+    from delia_dist.model.build import apply_lora, output_head
+    from delia_dist.model.tiny import build_model, llama_config
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     model = build_model(llama_config(vocab_size=len(tok), tie_word_embeddings=tied))
     sep = add_tokens(tok, NEW[:1])[0]

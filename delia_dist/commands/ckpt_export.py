@@ -15,8 +15,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from ..checkpoint.export import export_checkpoint
     from ..errors import UserError
-    from ..export import export_checkpoint
     try:
         out = export_checkpoint(args.ckpt, args.out, args.dtype)
     except (FileNotFoundError, ValueError) as e:  # missing/damaged checkpoint, names it cannot map

@@ -15,8 +15,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from ..data.synth import split_paraphrases
     from ..errors import UserError
-    from ..synth import split_paraphrases
     try:
         n_train, n_held = split_paraphrases(args.paraphrases, args.eval_pool, args.train_out, args.eval_out,
                                             args.heldout)

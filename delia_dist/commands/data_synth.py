@@ -16,7 +16,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..synth import prepare_workspace
+    from ..data.synth import prepare_workspace
     paths = prepare_workspace(args.root, n_train=args.train, n_eval=args.eval, n_diverse=args.diverse,
                               seed=args.seed)
     for k, v in paths.items():

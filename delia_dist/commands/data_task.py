@@ -14,7 +14,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..synth import prepare_real_task
+    from ..data.synth import prepare_real_task
     for k, v in prepare_real_task(args.root, args.train, args.eval, args.seed).items():
         print(f"{k:14s} {v}")
     return 0

@@ -21,8 +21,8 @@ def run(args) -> int:
 
     from ..config import load_config
     from ..eval.summary import has_intervals, interval_table, reading
-    from ..experiment import run_experiment
-    from ..report import comparison_table, terminal_width, write_report
+    from ..experiment.matrix import run_experiment
+    from ..experiment.report import comparison_table, terminal_width, write_report
     from ..tracking import default_uri
 
     results = run_experiment(args.config, args.overrides, args.only.split(",") if args.only else None,

@@ -9,7 +9,7 @@ with --file or DELIA_MODEL_FILE. Downloads are cached in $DELIA_CACHE_DIR (~/.ca
 
 
 def add_arguments(p):
-    from ..model_fetch import DTYPES, KNOWN
+    from ..model.fetch import DTYPES, KNOWN
     p.add_argument("name", help=f"one of {', '.join(sorted(KNOWN))}, or a hub id (org/name)")
     p.add_argument("dir", help="output directory")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype (default float32)")
@@ -22,7 +22,7 @@ def add_arguments(p):
 def run(args) -> int:
     import time
 
-    from ..model_fetch import fetch, read_stamp
+    from ..model.fetch import fetch, read_stamp
 
     t0 = time.time()
     before = read_stamp(args.dir)

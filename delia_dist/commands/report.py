@@ -21,7 +21,7 @@ def run(args) -> int:
     import os
     from pathlib import Path
 
-    from ..report import build_report
+    from ..experiment.report import build_report
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/tiny/mlflow.db').resolve()}"
     runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     path = build_report(args.experiment, uri, args.out, runs, summary_run=args.summary_run)

@@ -21,7 +21,7 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 @torch.no_grad()
 def token_representations(model, tokenizer, text: str, layers: list[int]) -> dict[int, torch.Tensor]:
-    from ..model import causal_lm
+    from ..model.build import causal_lm
     lm = causal_lm(model)
     ids = _ids(tokenizer, text)
     out: dict[int, torch.Tensor] = {}

@@ -12,7 +12,7 @@ from kernels import linear_cross_entropy
 
 
 def _loss(model, batch) -> torch.Tensor:
-    from ..model import causal_lm, output_head
+    from ..model.build import causal_lm, output_head
     lm = causal_lm(model)
     hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
                       use_cache=False).last_hidden_state

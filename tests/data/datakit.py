@@ -7,7 +7,7 @@ import random
 
 from delia_dist.config import DataConfig, SourceConfig
 from delia_dist.data import ShardWriter
-from delia_dist.tiny import _WORDS
+from delia_dist.model.tiny import _WORDS
 
 INSTRUCTION = 'Translate to English:\n{source}\nAnswer as {"text": ...}'
 

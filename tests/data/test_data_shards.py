@@ -84,7 +84,7 @@ def test_cli_inspect_verifies_and_shows(tmp_path, tiny_tokenizer, tiny_tokenizer
 
 def test_cli_inspect_with_another_tokenizer_is_an_error(tmp_path, tiny_tokenizer, capsys):
     """As in training: ids sharded with one tokenizer are not checked against another."""
-    from delia_dist.tiny import synthetic_corpus, train_tokenizer
+    from delia_dist.model.tiny import synthetic_corpus, train_tokenizer
     m = write_shards(tmp_path / "s", tiny_tokenizer, chat_records(5))
     train_tokenizer(tmp_path / "other", texts=synthetic_corpus(500, seed=7), vocab_size=400)
     assert main(["data", "inspect", str(m), "--tokenizer", str(tmp_path / "other")]) == 2

@@ -220,7 +220,7 @@ def test_added_tokens_trigger_retokenization(tmp_path, tiny_tokenizer_dir):
 def test_tokenizer_mismatch_names_both(tmp_path, shard_sets, tiny_tokenizer):
     from transformers import AutoTokenizer
 
-    from delia_dist.tiny import synthetic_corpus, train_tokenizer
+    from delia_dist.model.tiny import synthetic_corpus, train_tokenizer
     train_tokenizer(tmp_path / "other", texts=synthetic_corpus(500, seed=7), vocab_size=400)
     other = AutoTokenizer.from_pretrained(tmp_path / "other")
     cfg = data_cfg([("long", shard_sets["long"], 1.0)])

@@ -6,7 +6,7 @@ import torch
 from delia_dist.config import NewTokenConfig
 from delia_dist.eval.alignment import alignment_metrics
 from delia_dist.eval.gradients import gradient_cosines
-from delia_dist.new_tokens import add_tokens, resize_and_init
+from delia_dist.model.new_tokens import add_tokens, resize_and_init
 
 
 def test_alignment_moves_when_the_new_token_takes_a_keywords_embedding(tiny_tokenizer_dir, tiny_model):

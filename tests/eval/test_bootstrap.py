@@ -68,7 +68,7 @@ def test_reading_calls_a_difference_only_outside_the_intervals():
 
 
 def test_heldout_paraphrases_never_reach_training(tmp_path):
-    from delia_dist.synth import REAL_FORMAT_INSTRUCTION, prepare_real_task, split_paraphrases
+    from delia_dist.data.synth import REAL_FORMAT_INSTRUCTION, prepare_real_task, split_paraphrases
 
     paths = prepare_real_task(tmp_path, n_train=10, n_eval=9)
     paras = [f"{{fact}} {{answer}} <sep> wording {i}" for i in range(7)]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from delia_dist.experiment import plan_runs, train_command, train_run
+from delia_dist.experiment.matrix import plan_runs, train_command, train_run
 
 
 def test_plan_applies_run_overrides_then_command_line(repo_root, tmp_path, monkeypatch):

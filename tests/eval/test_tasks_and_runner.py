@@ -61,8 +61,8 @@ def _memorised_model_dir(tmp_path, tokenizer_dir, records, steps=200):
     """A tiny Llama trained until it reproduces each record's answer, saved as an HF dir."""
     from transformers import AutoTokenizer
 
-    from delia_dist.new_tokens import add_tokens, resize_and_init
-    from delia_dist.tiny import build_model, llama_config
+    from delia_dist.model.new_tokens import add_tokens, resize_and_init
+    from delia_dist.model.tiny import build_model, llama_config
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     new = [NewTokenConfig(token="<sep>", init="random")]
     add_tokens(tok, new)

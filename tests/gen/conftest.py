@@ -8,7 +8,7 @@ import pytest
 def model_dir(tmp_path_factory, tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from delia_dist.tiny import build_model, llama_config
+    from delia_dist.model.tiny import build_model, llama_config
     out = tmp_path_factory.mktemp("vllm-model")
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     build_model(llama_config(len(tok))).save_pretrained(out)

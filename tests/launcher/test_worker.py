@@ -42,8 +42,8 @@ def test_usr1_and_term_set_the_stop_flag(restore_signals, capfd):
 
 def _fake_trainer(monkeypatch, result=None, error=None):
     import delia_dist.config
-    import delia_dist.trainer
-    from delia_dist.trainer import TrainResult
+    import delia_dist.train.trainer
+    from delia_dist.train.trainer import TrainResult
     calls = []
     monkeypatch.setattr(delia_dist.config, "load_config", lambda path, overrides, check_paths: (path, overrides))
 
@@ -52,7 +52,7 @@ def _fake_trainer(monkeypatch, result=None, error=None):
         if error:
             raise error
         return TrainResult(*result)
-    monkeypatch.setattr(delia_dist.trainer, "run_training", run_training)
+    monkeypatch.setattr(delia_dist.train.trainer, "run_training", run_training)
     return calls
 
 
@@ -90,7 +90,7 @@ def test_worker_process_exit_codes_for_bad_input(tmp_path):
 def test_delia_train_usr1_checkpoints_and_exits_75(tmp_path):
     """Under torchrun (no Slurm): USR1 to `delia train` reaches every rank, which agree on
     a step, checkpoint and stop; the command reports 75 although torchrun says 1."""
-    from delia_dist.synth import prepare_workspace
+    from delia_dist.data.synth import prepare_workspace
     prepare_workspace(tmp_path / "runs" / "tiny", n_train=40, n_eval=4, n_diverse=300)
     cmd = [sys.executable, "-m", "delia_dist.cli", "train", str(REPO / "configs/tiny_cpu.yaml"), "--nproc", "2",
            "--timeout", "60", "--set", "train.max_steps=200", "--set", "checkpoint.every_steps=1000"]

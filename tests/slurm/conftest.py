@@ -31,7 +31,7 @@ def slurm(tmp_path_factory):
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
     """A directory where configs/tiny_cpu.yaml's relative paths (runs/tiny/...) resolve."""
-    from delia_dist.synth import prepare_workspace
+    from delia_dist.data.synth import prepare_workspace
     root = tmp_path_factory.mktemp("slurm-ws")
     prepare_workspace(root / "runs" / "tiny", n_train=80, n_eval=8, n_diverse=600)
     return root

@@ -9,7 +9,7 @@ import pytest
 from delia_dist.cli import main
 from delia_dist.config import TrackingConfig
 from delia_dist.errors import UserError
-from delia_dist.report import build_report, comparison_table, write_report
+from delia_dist.experiment.report import build_report, comparison_table, write_report
 from delia_dist.tracking import Tracker
 
 

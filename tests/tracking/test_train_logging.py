@@ -23,7 +23,7 @@ def train(ws: Path, uri: str, steps: int) -> None:
 
 
 def test_two_rank_training_logs_one_run_and_resume_continues_it(tmp_path, mlflow_server):
-    from delia_dist.synth import prepare_workspace
+    from delia_dist.data.synth import prepare_workspace
     prepare_workspace(tmp_path / "runs/tiny", n_train=60, n_eval=4, n_diverse=400)
     train(tmp_path, mlflow_server.uri, 4)
     client = mlflow.tracking.MlflowClient(mlflow_server.uri)

@@ -130,10 +130,10 @@ def scenario_step(env: DistEnv, out: Path) -> None:
     import deepspeed
 
     from delia_dist.config.train import LossConfig
-    from delia_dist.loss import CausalLMWithLoss
-    from delia_dist.tiny import build_model, llama_config
-    from delia_dist.train_state import MetricsWindow
-    from delia_dist.train_step import agree, train_step
+    from delia_dist.model.tiny import build_model, llama_config
+    from delia_dist.train.loss import CausalLMWithLoss
+    from delia_dist.train.state import MetricsWindow
+    from delia_dist.train.step import agree, train_step
 
     distributed.init(env)
     counter = SyncCounter()

@@ -40,14 +40,14 @@ def run_id(out: str) -> str:
 
 
 def merged(step_dir: Path, state: str) -> dict[str, torch.Tensor]:
-    from delia_dist.zero_reader import ZeroReader
+    from delia_dist.checkpoint.zero_reader import ZeroReader
     r = ZeroReader(step_dir, state=state)
     return {n: r.get(n) for n in r.trainable}
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from delia_dist.synth import prepare_workspace
+    from delia_dist.data.synth import prepare_workspace
     root = tmp_path_factory.mktemp("elastic")
     prepare_workspace(root / "runs/tiny", n_train=80, n_eval=8, n_diverse=600)
     return root
@@ -78,7 +78,7 @@ def test_two_rank_checkpoint_loads_on_other_sizes_with_optimizer_state(ws, two_r
             assert torch.equal(a[k], b[k]), (state, k)
         if state == "exp_avg_sq":
             assert all(v.abs().sum() > 0 for v in a.values())  # moments really were trained
-    from delia_dist.zero_reader import adam_steps
+    from delia_dist.checkpoint.zero_reader import adam_steps
     assert set(adam_steps(old)) == set(adam_steps(new)) == {STOP}
 
 
@@ -97,7 +97,7 @@ def test_resumed_on_one_rank_the_loss_carries_on(ws, two_rank):
     assert run_id(out) == first_run  # same MLflow run
     # The schedule continued: the lr at step STOP+1 is the 2-rank run's schedule at that step.
     from delia_dist.config import load_config
-    from delia_dist.schedule import LRSchedule
+    from delia_dist.train.schedule import LRSchedule
     t = load_config(REPO / "configs/tiny_cpu.yaml").train
     sched = LRSchedule(t.lr, t.warmup_steps, 2 * STOP, t.schedule, t.min_lr_ratio)
     assert rows[STOP]["lr"] == pytest.approx(sched.lr_at(STOP))

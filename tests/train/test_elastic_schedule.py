@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from delia_dist.checkpoint_elastic import budget_tokens_per_step, steps_after_resume
+from delia_dist.checkpoint.elastic import budget_tokens_per_step, steps_after_resume
 from delia_dist.config import load_config
-from delia_dist.schedule import LRSchedule
-from delia_dist.trainer import max_steps_for
+from delia_dist.train.schedule import LRSchedule
+from delia_dist.train.trainer import max_steps_for
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import torch
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_row_equals_samples_run_alone(tiny_model_config, attn):
-    from delia_dist.tiny import build_model
+    from delia_dist.model.tiny import build_model
     model = build_model({**tiny_model_config, "attn_implementation": attn}).eval()
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, tiny_model_config["vocab_size"], (1, 7), generator=g)

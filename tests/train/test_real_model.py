@@ -58,8 +58,8 @@ def trained(tmp_path_factory, smollm2_dir):
 
     from delia_dist.config.model import NewTokenConfig
     from delia_dist.data import ShardWriter
-    from delia_dist.new_tokens import add_tokens
-    from delia_dist.synth import format_records
+    from delia_dist.data.synth import format_records
+    from delia_dist.model.new_tokens import add_tokens
     ws = tmp_path_factory.mktemp("real")
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     add_tokens(tok, [NewTokenConfig(token="<sep>")])

@@ -80,7 +80,7 @@ def _sgd_reference(before: dict) -> dict:
     """One SGD step (lr 1) of plain torch on d(sum of all token losses)/d(theta) / count."""
     from ranks import VOCAB
 
-    from delia_dist.tiny import build_model, llama_config
+    from delia_dist.model.tiny import build_model, llama_config
     model = build_model(llama_config(VOCAB), seed=0)
     model.load_state_dict({k.removeprefix("model."): v for k, v in before.items()})
     total = 0.0

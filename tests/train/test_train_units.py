@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from delia_dist.checkpoint import CheckpointManager
+from delia_dist.checkpoint.manager import CheckpointManager
 from delia_dist.config.train import LossConfig
-from delia_dist.loss import CausalLMWithLoss, per_source
-from delia_dist.schedule import LRSchedule
+from delia_dist.train.loss import CausalLMWithLoss, per_source
+from delia_dist.train.schedule import LRSchedule
 
 
 def test_schedule_warmup_cosine_and_state_roundtrip():
@@ -27,7 +27,7 @@ def test_schedule_warmup_cosine_and_state_roundtrip():
 
 
 def test_chunked_loss_gradients_match_naive(tiny_model_config):
-    from delia_dist.tiny import build_model
+    from delia_dist.model.tiny import build_model
     torch.manual_seed(0)
     model = build_model(tiny_model_config)
     ids = torch.randint(0, tiny_model_config["vocab_size"], (2, 16))

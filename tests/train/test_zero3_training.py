@@ -46,7 +46,7 @@ def fp32_weights(ckpt: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from delia_dist.synth import prepare_workspace
+    from delia_dist.data.synth import prepare_workspace
     root = tmp_path_factory.mktemp("zero3")  # the config's relative paths resolve from here
     prepare_workspace(root / "runs/tiny", n_train=80, n_eval=8, n_diverse=600)
     return root

@@ -12,12 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config, load_config
+from ..config import Config, load_config
 
 log = logging.getLogger("delia.experiment")
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_cmd(cmd: list[str], env: dict, log_path: Path) -> int:
@@ -76,7 +76,7 @@ def plan_runs(config_path: str, overrides: list[str] = (), only: list[str] | Non
     """(name, run_dir, overrides, resolved config) per selected run. The matrix entry changes
     the base config and command-line --set wins over both; every run logs into the base
     config's MLflow store and experiment, under its own run name."""
-    from .tracking import default_uri
+    from ..tracking import default_uri
 
     base = load_config(config_path, overrides, check_paths=check_paths)
     names = [s.name for s in base.experiment.runs]
@@ -101,9 +101,9 @@ def plan_runs(config_path: str, overrides: list[str] = (), only: list[str] | Non
 
 def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cfg: Config, nproc: int,
              resume: bool) -> dict:
-    from .eval.runner import evaluate
-    from .export import export_checkpoint
-    from .tracking import Tracker
+    from ..checkpoint.export import export_checkpoint
+    from ..eval.runner import evaluate
+    from ..tracking import Tracker
 
     t0 = time.time()
     if run_dir.exists() and not resume:
@@ -134,8 +134,8 @@ def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cf
 def evaluate_base(config_path: str, overrides: list[str], root: Path) -> dict:
     """The untrained model (model.name_or_path as given, no new tokens) scored like the runs,
     as MLflow run "base": the before-training reference every trained row is read against."""
-    from .eval.runner import evaluate
-    from .tracking import Tracker, default_uri
+    from ..eval.runner import evaluate
+    from ..tracking import Tracker, default_uri
 
     t0 = time.time()
     base = load_config(config_path, overrides)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import distributed
+from .. import distributed
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ from typing import Callable, Optional
 
 import torch
 
-from . import checkpoint_elastic as elastic
-from . import distributed
-from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .config import Config, config_from_dict, to_dict
-from .train_state import MetricsWindow, TrainState
-from .train_step import agree, next_micro_batches, train_step
+from .. import distributed
+from ..checkpoint import elastic
+from ..checkpoint.manager import CheckpointManager, rng_state, set_rng_state
+from ..config import Config, config_from_dict, to_dict
+from .state import MetricsWindow, TrainState
+from .step import agree, next_micro_batches, train_step
 
 log = logging.getLogger("delia.train")
 
@@ -90,7 +90,9 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
     # is then absorbed by the rendezvous timeout, not by the first collective's.
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    from . import data, loss, model, tracking  # noqa: F401
+    from .. import data, tracking  # noqa: F401
+    from ..model import build  # noqa: F401
+    from . import loss  # noqa: F401
     device = distributed.init(env, timeout_s=timeout_s, rendezvous_timeout_s=rendezvous_timeout_s)
     return Trainer(cfg, env, device).fit(stop_requested)
 
@@ -102,11 +104,11 @@ class Trainer:
     def __init__(self, cfg: Config, env, device: str):
         import deepspeed
 
-        from .data import build_train_stream
+        from ..data import build_train_stream
+        from ..model.build import build_model, load_tokenizer
+        from ..tracking import Tracker
         from .loss import CausalLMWithLoss
-        from .model import build_model, load_tokenizer
         from .schedule import LRSchedule
-        from .tracking import Tracker
 
         self.env, self.device = env, device
         world = env.world_size
@@ -255,7 +257,7 @@ def _peak_rss_mb() -> float:
 def _alignment(engine, tokenizer, cfg) -> dict:
     """New-token vs keyword distances on the live model. Every rank runs it: under ZeRO-3
     the forward gathers partitioned weights collectively."""
-    from .eval.alignment import alignment_metrics
+    from ..eval.alignment import alignment_metrics
     was_training = engine.module.training
     engine.module.eval()
     try:

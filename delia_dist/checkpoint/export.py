@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from . import atomic
-from .checkpoint import is_complete
-from .config import config_from_dict
+from .. import atomic
+from ..config import config_from_dict
+from .manager import is_complete
 
 log = logging.getLogger(__name__)
 WRAPPER_PREFIX = "model."  # CausalLMWithLoss holds the HF model as .model
@@ -150,7 +150,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
                       max_shard_bytes: int = DEFAULT_SHARD_BYTES, remap_bytes: int = 1 << 30) -> Path:
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from .model import DTYPES
+    from ..model.build import DTYPES
     from .zero_reader import ZeroReader
 
     ckpt, out = _resolve(Path(ckpt)), Path(out)

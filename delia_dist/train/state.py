@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import distributed
-from .train_step import StepPlan
+from .. import distributed
+from .step import StepPlan
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from kernels import linear_cross_entropy
 
-from .model import causal_lm, output_head
+from ..model.build import causal_lm, output_head
 
 IMPLS = {"fused": "auto", "chunked": "chunked", "naive": "naive"}
 

@@ -188,8 +188,8 @@ def prepare_workspace(root: str | Path, *, n_train: int = 200, n_eval: int = 40,
     Layout matches configs/tiny_cpu.yaml with run_dir=root."""
     from transformers import AutoTokenizer
 
-    from .data import ShardWriter
-    from .tiny import train_tokenizer
+    from ..model.tiny import train_tokenizer
+    from . import ShardWriter
 
     root = Path(root)
     tok_dir = root / "tokenizer"

@@ -17,8 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic
-from .errors import UserError
+from .. import atomic
+from ..errors import UserError
 
 STAMP = ".delia-fetch.json"
 # Bumped when the conversion changes, so directories made by an older one are redone.

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import atomic
+from .. import atomic
 
 log = logging.getLogger(__name__)
 UNIVERSAL = "universal"
@@ -76,9 +76,9 @@ def _convert(path: Path, out: Path) -> None:
     t0 = time.perf_counter()
     log.info("converting %s to DeepSpeed's universal format for a new world size (once)", path)
     # The converter's own progress lines go to this rank's log, as they would in-process.
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "delia_dist.checkpoint_elastic", str(path), str(out)], env=env)
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.checkpoint.elastic", str(path), str(out)], env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"DeepSpeed's universal conversion of {path} failed with exit code "
                            f"{proc.returncode} (its output is above in rank 0's log)")
@@ -120,7 +120,7 @@ def load_universal(engine, path: Path, load_optimizer: bool) -> None:
 
 def remapped_rank_state(path: Path, old_world: int, rank: int, new_world: int) -> dict:
     """This rank's state at the new world size from every old rank's rank_<r>.pt."""
-    from .data import remap_stream_states
+    from ..data import remap_stream_states
 
     old = [torch.load(path / f"rank_{r}.pt", weights_only=True) for r in range(old_world)]
     streams = remap_stream_states([s["stream"] for s in old], new_world)
@@ -133,7 +133,7 @@ def check_resume_compatible(given, saved) -> None:
     """A stream position means nothing under other sources or another sequence length, so a
     resume with either changed stops here with one line naming the difference (other
     settings are taken from the checkpoint with a warning, see trainer._resume_config)."""
-    from .config import ConfigError
+    from ..config import ConfigError
     diffs = []
     now, then = [s.name for s in given.data.sources], [s.name for s in saved.data.sources]
     if now != then:
@@ -168,5 +168,5 @@ def steps_after_resume(cfg, world: int, counters: dict, schedule, total_steps: i
     return total
 
 
-if __name__ == "__main__":  # the child _convert starts: python -m delia_dist.checkpoint_elastic STEP_DIR OUT
+if __name__ == "__main__":  # the child _convert starts: python -m delia_dist.checkpoint.elastic STEP_DIR OUT
     _convert_here(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -21,7 +21,7 @@ SUMMARY_TAG = "delia.kind"  # runs tagged delia.kind=report are reports, not tra
 
 def _norm(results: list[dict]) -> list[dict]:
     """Metric names as MLflow stores them ('<sep>' -> '_sep_'), whatever the row came from."""
-    from .tracking import clean_name
+    from ..tracking import clean_name
     return [{clean_name(k) if isinstance(k, str) else k: v for k, v in r.items()} for r in results]
 
 
@@ -153,7 +153,7 @@ def _history_from_run_dir(run_dir: str) -> dict[str, list[tuple[int, float]]]:
     hist: dict[str, list] = {}
     if not path.is_file():
         return hist
-    from .tracking import clean_name
+    from ..tracking import clean_name
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
@@ -357,7 +357,7 @@ def runs_from_mlflow(experiment: str, tracking_uri: str, run_ids: list[str] | No
     """(rows, histories) for the runs of an MLflow experiment (report runs excluded)."""
     from mlflow.tracking import MlflowClient
 
-    from .errors import UserError
+    from ..errors import UserError
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no MLflow store at {tracking_uri} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
     client = MlflowClient(tracking_uri)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic, distributed
+from .. import atomic, distributed
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -131,7 +131,7 @@ class CheckpointManager:
         """Collective: restores the engine; returns (this rank's state, shared state).
         At another world size the model and optimizer go through DeepSpeed's universal
         format and the data stream state comes back re-mapped for this rank."""
-        from . import checkpoint_elastic as elastic
+        from . import elastic
 
         rank, world = distributed.rank(), distributed.world_size()
         shared = json.loads((path / "trainer_state.json").read_text())

@@ -1,0 +1,1 @@
+"""Checkpoints: sharded atomic save/load, elastic resume, reading ZeRO shards, HF export."""

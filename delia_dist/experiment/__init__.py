@@ -1,0 +1,1 @@
+"""Experiments: the baseline-vs-DELIA matrix and its report."""

@@ -1,0 +1,1 @@
+"""Training: the loop, one step, its counters, the loss wrapper and the lr schedule."""
