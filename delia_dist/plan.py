@@ -324,11 +324,24 @@ def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, tr
         "checkpoint: data-stream state, per rank": data_state,
         f"checkpoint: whole step dir ({world} ranks)": model_states + data_state * world,
         "elastic resume: universal copy (once, on disk)": trainable * 12,
-        # Each new rank reads every old rank's stream state to re-deal the epoch
-        # (checkpoint_elastic.remapped_rank_state); counted for an old job of this size.
-        f"elastic resume: old data states each rank reads ({world} files)": data_state * world,
+        **elastic_resume_reads(trainable, data_state, world),
         "export: peak memory of the streaming writer": export_peak_bytes(largest, out_bytes, lora),
         "export: HF safetensors on disk": n * out_bytes,
+    }
+
+
+def elastic_resume_reads(trainable: int, data_state: float, world: int) -> dict[str, float]:
+    """Bytes an elastic resume onto `world` ranks reads, counted for an old job of the same
+    size: each rank its own 1/world partition of the universal copy (fp32 master + Adam m, v,
+    12 B per trainable parameter; checkpoint/universal_slices.py) and its own re-mapped data
+    state; rank 0 reads every old rank's data state once to re-deal the epoch
+    (checkpoint/elastic.remapped_rank_state). DeepSpeed's own loader read the whole copy on
+    every rank: world x 12 B per trainable parameter from the filesystem."""
+    universal = trainable * 12
+    return {
+        f"elastic resume: universal copy each rank reads (1/{world})": universal / world,
+        f"elastic resume: old data states rank 0 re-maps once ({world} files)": data_state * world,
+        f"elastic resume: read from the filesystem, all {world} ranks": universal + 2 * data_state * world,
     }
 
 

@@ -260,6 +260,24 @@ def reference_linear_cross_entropy(hidden, weight, labels, bias=None, ignore_ind
     return total / valid.sum().clamp(min=1) if reduction == "mean" else total
 
 
+def _check_labels(labels: torch.Tensor, v: int, ignore_index: int) -> None:
+    """The Triton kernel reads logits[label] unchecked, so a bad label must fail. The check is
+    a device-side assert: queued like any kernel, it costs no host sync per micro-batch (a
+    bool() here was one on every call). On a GPU a failure surfaces at the next sync as a
+    device-side assert; the trainer's labels were range-checked on the host when decoded
+    (data/decode.py), so there it cannot fire. On the CPU it raises at once and is turned
+    into the one-line error naming the first bad label."""
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
+    try:
+        torch._assert_async(~bad.any(), f"a label is out of range for vocabulary size {v}")
+    except RuntimeError:
+        if labels.is_cuda:
+            raise
+        first = labels[bad][0].item()  # the error path only
+        raise ValueError(f"label {first} out of range for vocabulary size {v} "
+                         f"(ignore_index={ignore_index})") from None
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                          bias: Optional[torch.Tensor] = None, ignore_index: int = -100,
                          reduction: str = "mean", label_smoothing: float = 0.0, z_loss: float = 0.0,
@@ -300,13 +318,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         raise ValueError("softcap must be positive")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    valid = labels != ignore_index
-    # The Triton kernel reads logits[label] unchecked: a bad label must fail here, not read
-    # another row. One host sync per call; the loss is far heavier.
-    if bool(((labels < 0) | (labels >= weight.shape[0]))[valid].any()):
-        bad = labels[valid & ((labels < 0) | (labels >= weight.shape[0]))][0].item()
-        raise ValueError(f"label {bad} out of range for vocabulary size {weight.shape[0]} "
-                         f"(ignore_index={ignore_index})")
+    _check_labels(labels, weight.shape[0], ignore_index)
     if impl == "naive":
         loss = reference_linear_cross_entropy(hidden, weight, labels, bias, ignore_index, reduction,
                                               label_smoothing, z_loss, softcap)

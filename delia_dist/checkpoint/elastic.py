@@ -9,10 +9,14 @@ renamed when durable; every other rank waits for the COMPLETE marker on the file
 load_universal_checkpoint, which re-partitions fp32 master weights and Adam moments for
 the new world. Later resumes at any size reuse the cached conversion.
 
-Per-rank state: every old rank's rank_<r>.pt is read; the data stream positions are
-re-mapped by delia_dist.data.remap_stream_states (no sample trained twice or skipped);
-new rank r takes old rank r % old_world's RNG state (dropout masks then differ from an
-uninterrupted run; nothing else depends on it).
+Each rank reads only its own partition of every universal file (universal_slices.py), not
+the whole copy that DeepSpeed's loader reads on every rank.
+
+Per-rank state: rank 0 reads every old rank's rank_<r>.pt once, re-maps the data stream
+positions with delia_dist.data.remap_stream_states (no sample trained twice or skipped) and
+writes one file per new rank; each rank reads its own. New rank r takes old rank
+r % old_world's RNG state (dropout masks then differ from an uninterrupted run; nothing
+else depends on it).
 """
 from __future__ import annotations
 
@@ -56,15 +60,20 @@ def ensure_universal(path: Path, rank: int, wait_s: float | None = None) -> Path
         except BaseException as e:
             atomic.write_text(failed, f"{type(e).__name__}: {e}")
             raise
+    _wait_for(out, failed, f"convert {path} for another world size", wait_s)
+    return out
+
+
+def _wait_for(out: Path, failed: Path, what: str, wait_s: float | None = None) -> None:
+    """Wait on the filesystem for rank 0's <out>/COMPLETE (or its FAILED marker)."""
     wait_s = float(os.environ.get(WAIT_ENV, 24 * 3600)) if wait_s is None else wait_s
     deadline = time.monotonic() + wait_s
     while not (out / "COMPLETE").is_file():
         if failed.is_file():
-            raise RuntimeError(f"rank 0 failed to convert {path} for another world size: {failed.read_text()}")
+            raise RuntimeError(f"rank 0 failed to {what}: {failed.read_text()}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {wait_s:.0f} s for rank 0 to convert {path} ({WAIT_ENV})")
-        time.sleep(1.0)
-    return out
+            raise TimeoutError(f"waited {wait_s:.0f} s for rank 0 to {what} ({WAIT_ENV})")
+        time.sleep(0.2)
 
 
 def _convert(path: Path, out: Path) -> None:
@@ -105,28 +114,67 @@ def _convert_here(path: Path, out: Path) -> None:
 
 
 def load_universal(engine, path: Path, load_optimizer: bool) -> None:
-    """Load <path>/universal into a live engine of any world size."""
+    """Load <path>/universal into a live engine of any world size, each rank reading only its
+    own partition of every file (universal_slices); rank 0 logs what each rank read."""
+    from .. import distributed
+    from .universal_slices import sliced_reads
+
     cfg = engine._config  # DeepSpeed reads this flag only while loading
     before = cfg.load_universal_checkpoint
     cfg.load_universal_checkpoint = True
     try:
-        load_path, _ = engine.load_checkpoint(str(path), tag=UNIVERSAL, load_optimizer_states=load_optimizer,
-                                              load_lr_scheduler_states=False)
+        with sliced_reads(engine.optimizer) as reads:
+            load_path, _ = engine.load_checkpoint(str(path), tag=UNIVERSAL, load_optimizer_states=load_optimizer,
+                                                  load_lr_scheduler_states=False)
     finally:
         cfg.load_universal_checkpoint = before
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the universal checkpoint {path / UNIVERSAL}")
+    counts = distributed.all_gather_object((reads.bytes_read, reads.bytes_whole, reads.files))
+    if distributed.rank() == 0:
+        whole = max(c[1] for c in counts)
+        log.info("universal load: each rank read its own partition of %d files; bytes read per rank %s of %d "
+                 "(%s of the whole)", max(c[2] for c in counts), [c[0] for c in counts], whole,
+                 ", ".join(f"{c[0] / max(whole, 1):.2f}" for c in counts))
 
 
 def remapped_rank_state(path: Path, old_world: int, rank: int, new_world: int) -> dict:
-    """This rank's state at the new world size from every old rank's rank_<r>.pt."""
+    """This rank's state at the new world size. Rank 0 reads every old rank's rank_<r>.pt,
+    re-maps the data streams once and writes one file per new rank under
+    <path>/universal/rank_states_<new_world> (cached for later resumes at that size); each
+    rank then reads only its own file. Every rank re-mapping everything was 64 reads of
+    ~16 MB and ~51 M Python tuples per rank at 70B."""
+    out = path / UNIVERSAL / f"rank_states_{new_world}"
+    failed = path / UNIVERSAL / f".rank_states_{new_world}.FAILED"
+    if rank == 0 and not (out / "COMPLETE").is_file():
+        failed.unlink(missing_ok=True)
+        try:
+            _write_remapped(path, old_world, new_world, out)
+        except BaseException as e:
+            atomic.write_text(failed, f"{type(e).__name__}: {e}")
+            raise
+    _wait_for(out, failed, f"re-map the data states of {path} for {new_world} ranks")
+    return torch.load(out / f"rank_{rank}.pt", weights_only=True)
+
+
+def _write_remapped(path: Path, old_world: int, new_world: int, out: Path) -> None:
     from ..data import remap_stream_states
 
     old = [torch.load(path / f"rank_{r}.pt", weights_only=True) for r in range(old_world)]
     streams = remap_stream_states([s["stream"] for s in old], new_world)
     if len(streams) != new_world:
         raise RuntimeError(f"remap_stream_states returned {len(streams)} states for {new_world} ranks")
-    return {**old[rank % old_world], "stream": streams[rank]}
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for r in range(new_world):
+        # New rank r takes old rank r % old_world's RNG state (see the module docstring).
+        torch.save({**old[r % old_world], "stream": streams[r]}, tmp / f"rank_{r}.pt")
+    (tmp / "COMPLETE").write_text(str(new_world))
+    atomic.fsync_tree(tmp)
+    if out.exists():  # a stale, incomplete one
+        shutil.rmtree(out)
+    atomic.replace(tmp, out)
 
 
 def check_resume_compatible(given, saved) -> None:

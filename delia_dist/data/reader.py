@@ -158,9 +158,13 @@ class ShardReader:
             return epoch, shard, member, url, key, parts
         return None
 
-    def next(self) -> Sample:
+    def fill(self, most: int | None = None) -> int:
+        """Read into the shuffle buffer until it is full or the source ends (at most `most`
+        new samples); returns how many it holds. next() tops it up by one sample per call, so
+        after a fill before step 1 no step has to read a whole buffer's worth."""
         size = max(1, self.policy.shuffle_buffer)
-        while len(self.buffer) < size:
+        limit = size if most is None else min(size, len(self.buffer) + most)
+        while len(self.buffer) < limit:
             raw = self._next_raw()
             if raw is None:
                 break
@@ -174,6 +178,14 @@ class ShardReader:
             got.sample.ref = (epoch, shard, member)
             self.good_in_epoch += 1
             self.buffer.append(got.sample)
+        return len(self.buffer)
+
+    @property
+    def buffer_full(self) -> bool:
+        return self.eof or len(self.buffer) >= max(1, self.policy.shuffle_buffer)
+
+    def next(self) -> Sample:
+        self.fill()
         if not self.buffer:
             raise SourceExhausted(self.policy.name)
         j = self.rng.randrange(len(self.buffer))

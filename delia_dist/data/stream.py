@@ -8,6 +8,7 @@ exactly the batches an uninterrupted one would have.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from .sources import load_paraphrases, resolve_shards
 
 log = logging.getLogger("delia_dist.data")
 STATE_VERSION = 2  # 2: buffered samples by reference, reader plans of tasks
+FILL_INCREMENT = 1000  # samples read between progress checks while filling the shuffle buffers
 
 
 def check_tokenizer(source: str, where: str, manifest: dict | None, tokenizer) -> list[str]:
@@ -129,6 +131,33 @@ class TrainStream:
     def __next__(self):
         import torch
         return {k: torch.from_numpy(v) for k, v in self.next_arrays().items()}
+
+    def fill_buffers(self, every_s: float = 30.0) -> dict[str, int]:
+        """Fill every source's shuffle buffers (all workers) before step 1, so that no rank
+        reads a whole buffer (70B config: 100,000 samples) at the step where the mixer first
+        draws from a source: that step differs between ranks (a 0.01-weight source is first
+        visited late and at different steps), and the other ranks would wait for it in the
+        step's all-reduce. Afterwards each draw reads one sample. Called after a resume's
+        load_state_dict too (it tops up what the state held); the batches are the same as
+        without it. Returns samples buffered per source; logs progress every `every_s`."""
+        held, t0 = {}, time.monotonic()
+        last = t0
+        for source, weight in zip(self.sources, self.mixer.weights):
+            if weight <= 0:  # never drawn
+                continue
+            for reader in source.readers:
+                while not reader.buffer_full:
+                    before = len(reader.buffer)
+                    if reader.fill(most=FILL_INCREMENT) == before:
+                        break  # the source ended
+                    if time.monotonic() - last > every_s:
+                        last = time.monotonic()
+                        log.info("filling shuffle buffers: source %s, %d samples so far (%.0f s)", source.policy.name,
+                                 sum(len(r.buffer) for r in source.readers), last - t0)
+            held[source.policy.name] = sum(len(r.buffer) for r in source.readers)
+        log.info("shuffle buffers filled before step 1 in %.1f s: %s", time.monotonic() - t0,
+                 ", ".join(f"{k} {v} samples" for k, v in held.items()))
+        return held
 
     def stats(self) -> dict:
         """Per-source counters on this rank: samples, tokens, epochs, skipped by reason."""

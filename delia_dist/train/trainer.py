@@ -151,6 +151,7 @@ class Trainer:
             self.state.load_state_dict(counters)
             self.tracker.load_state_dict(shared.get("tracker") or {})
             log.info("resumed from %s at step %d", resume_from, self.state.step)
+        self.stream.fill_buffers()  # before step 1 on every rank, not at a source's first draw
         self.window = MetricsWindow(self.stream.source_names, cfg.tracking.log_every)
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
 

@@ -152,6 +152,49 @@ def test_bad_inputs_raise():
         linear_cross_entropy(h, w[:, :8], labels)
 
 
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that copy a value back to the host: on a GPU each one waits for every
+    kernel queued before it (item/bool/int, nonzero, boolean-mask indexing)."""
+    SYNCING = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+               torch.ops.aten.masked_select.default}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        bool_index = func is torch.ops.aten.index.Tensor and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func in self.SYNCING or bool_index:
+            self.seen.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "naive"])
+def test_the_loss_reads_nothing_back_to_the_host(impl):
+    """The trainer calls the loss once per micro-batch; a host read there (the label range
+    check was a bool() on a device tensor) stalls the GPU queue every time. Forward and
+    backward, with ignored labels, must queue kernels only; a bad label still fails loudly
+    (test_bad_inputs_raise)."""
+    h, w, b, labels = (t.to(DEVICE) for t in make_inputs(37, 101, torch.float32, True))
+    h.requires_grad_(True)
+    w.requires_grad_(True)
+    if DEVICE == "cuda":  # bench/gpu_check.sh runs this file on the GPU: CUDA's own detector too
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with HostReads() as mode:
+            total, tokens = linear_cross_entropy(h, w, labels, bias=b, reduction="sum", impl=impl,
+                                                 chunk_size=CHUNK, return_token_losses=True)
+            total.backward()
+    finally:
+        if DEVICE == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert mode.seen == []
+    assert torch.isfinite(total.detach()) and w.grad is not None
+
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 def test_chunked_never_materializes_n_by_v(reduction):
     """Every tensor made in forward and backward is smaller than N x V, and the most alive

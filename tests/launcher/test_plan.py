@@ -109,9 +109,14 @@ def test_70b_checkpoint_bytes_data_state_and_export_memory():
     data = st["checkpoint: data-stream state, per rank"]
     assert 2 * 4 * 100_000 * 16 / GB < data < 0.05
     assert st["elastic resume: universal copy (once, on disk)"] == pytest.approx(12 * n / GB)
-    # Re-dealing the epoch: every new rank reads all 64 old states, about 1 GB each, once.
-    assert st["elastic resume: old data states each rank reads (64 files)"] == pytest.approx(64 * data)
+    # Re-dealing the epoch: rank 0 reads all 64 old states once (about 1 GB); each rank its own.
+    assert st["elastic resume: old data states rank 0 re-maps once (64 files)"] == pytest.approx(64 * data)
     assert 64 * data < 2.0
+    # Each rank reads its own 1/64 of the universal copy (~13 GB, not all ~850 GB), and the
+    # filesystem serves the copy once (not 64 times, ~54 TB).
+    assert st["elastic resume: universal copy each rank reads (1/64)"] == pytest.approx(12 * n / 64 / GB)
+    assert 12 < st["elastic resume: universal copy each rank reads (1/64)"] < 14
+    assert st["elastic resume: read from the filesystem, all 64 ranks"] == pytest.approx(12 * n / GB + 2 * 64 * data)
     # The streaming export holds about one embedding matrix in fp32 twice, not the model.
     vh = 128320 * 8192
     assert vh * 10 / GB < st["export: peak memory of the streaming writer"] < 0.1 * 2 * n / GB

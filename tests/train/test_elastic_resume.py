@@ -60,26 +60,51 @@ def two_rank(ws):
     return run, run_id(out)
 
 
-@pytest.mark.parametrize("nproc", [1, 3])
-def test_two_rank_checkpoint_loads_on_other_sizes_with_optimizer_state(ws, two_rank, nproc):
-    src, _ = two_rank
-    run = ws / f"to{nproc}"
+def resume_on(ws: Path, src: Path, name: str, nproc: int) -> tuple[Path, str]:
+    """A copy of run `src` that loads its step STOP on `nproc` ranks and saves it again there."""
+    run = ws / name
     shutil.copytree(src, run)
-    # Nothing left to train: the job loads step 4 on `nproc` ranks and saves it again there.
-    out = train(ws, run, nproc, f"train.max_steps={STOP}")
-    assert f"checkpoint step_{STOP} was written by 2 ranks; resuming on {nproc}" in out
-    old, new = src / f"checkpoints/step_{STOP}", run / f"checkpoints/step_{STOP}"
-    assert json.loads((new / "trainer_state.json").read_text())["world_size"] == nproc
-    assert len(list(new.glob("*_optim_states.pt"))) == nproc
+    return run, train(ws, run, nproc, f"train.max_steps={STOP}")
+
+
+@pytest.fixture(scope="module")
+def three_rank(ws, two_rank):
+    return resume_on(ws, two_rank[0], "to3", 3)
+
+
+def bytes_read_per_rank(out: str) -> tuple[list[int], int]:
+    """The universal load's line: what each rank read of the universal files, and their size."""
+    m = re.findall(r"universal load: .*; bytes read per rank \[([\d, ]+)\] of (\d+)", out)
+    assert len(m) == 1, out[-3000:]
+    return [int(x) for x in m[0][0].split(",")], int(m[0][1])
+
+
+@pytest.mark.parametrize("old,new", [(2, 1), (2, 3), (3, 2)])
+def test_checkpoint_loads_on_other_sizes_with_optimizer_state(ws, two_rank, request, old, new):
+    """2->1, 2->3 and back 3->2: states arrive unchanged, and each rank read only its own
+    partition of the universal copy (bytes it copied from the mapped files, whole pages,
+    plus each file's zip directory and pickle; DeepSpeed's own loader reads it all)."""
+    src = two_rank[0] if old == 2 else request.getfixturevalue("three_rank")[0]
+    run, out = request.getfixturevalue("three_rank") if (old, new) == (2, 3) else \
+        resume_on(ws, src, f"from{old}to{new}", new)
+    assert f"checkpoint step_{STOP} was written by {old} ranks; resuming on {new}" in out
+    old_dir, new_dir = src / f"checkpoints/step_{STOP}", run / f"checkpoints/step_{STOP}"
+    assert json.loads((new_dir / "trainer_state.json").read_text())["world_size"] == new
+    assert len(list(new_dir.glob("*_optim_states.pt"))) == new
     for state in ("fp32", "exp_avg", "exp_avg_sq"):
-        a, b = merged(old, state), merged(new, state)
+        a, b = merged(old_dir, state), merged(new_dir, state)
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (state, k)
         if state == "exp_avg_sq":
             assert all(v.abs().sum() > 0 for v in a.values())  # moments really were trained
     from delia_dist.checkpoint.zero_reader import adam_steps
-    assert set(adam_steps(old)) == set(adam_steps(new)) == {STOP}
+    assert set(adam_steps(old_dir)) == set(adam_steps(new_dir)) == {STOP}
+    per_rank, whole = bytes_read_per_rank(out)
+    assert len(per_rank) == new and whole > 0
+    assert sum(per_rank) >= whole  # every byte was read by some rank
+    for got in per_rank:
+        assert got < 0.75 * whole if new > 1 else got == whole, (per_rank, whole)
 
 
 def test_resumed_on_one_rank_the_loss_carries_on(ws, two_rank):
@@ -121,7 +146,7 @@ def test_a_failed_conversion_runs_apart_and_is_reported_to_every_rank(tmp_path):
     """The conversion runs in its own interpreter (DeepSpeed forks workers, which is unsafe
     from a rank holding CUDA and NCCL threads); its failure reaches rank 0 as one error and
     the waiting ranks through the FAILED marker instead of a 24-hour wait."""
-    from delia_dist import checkpoint_elastic as elastic
+    from delia_dist.checkpoint import elastic
     step = tmp_path / "step_4"
     step.mkdir()
     (step / "trainer_state.json").write_text("{}")  # no DeepSpeed shards: the converter fails
