@@ -28,8 +28,9 @@ CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exc
           errno.EPERM: "permission denied (operation not permitted)"}
 SPACE = (errno.ENOSPC, errno.EDQUOT)
 # torch's zip writer (torch.save) drops the errno: "[enforce fail at inline_container.cc:...]",
-# "PytorchStreamWriter failed writing file ..." or "File ... cannot be opened."
-_TORCH_WRITER = ("inline_container.cc", "PytorchStreamWriter", "cannot be opened")
+# "PytorchStreamWriter failed writing file ...", "File ... cannot be opened." or, for a
+# directory it may not search, "Parent directory ... does not exist."
+_TORCH_WRITER = ("inline_container.cc", "PytorchStreamWriter", "cannot be opened", "Parent directory")
 PROBE_BYTES = 64 << 10
 
 
@@ -104,8 +105,9 @@ def probe(directory: str | os.PathLike, nbytes: int = PROBE_BYTES) -> int | None
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, b"\0" * nbytes)
-            os.fsync(fd)  # a full disk may only say so when the blocks are allocated
+            if nbytes:
+                os.write(fd, b"\0" * nbytes)
+                os.fsync(fd)  # a full disk may only say so when the blocks are allocated
         finally:
             os.close(fd)
     except OSError as e:
@@ -166,15 +168,14 @@ def require_free(what: str, directory: str | os.PathLike, need: int, note: str =
 
 def unwritable(dirs: dict[str, str | os.PathLike]) -> str | None:
     """The one line for the first of `dirs` ({what: directory}) that cannot be created or
-    written, None if all can: a few file creations, so a wrong path fails in seconds."""
+    written, None if all can: a few file creations, so a wrong path fails in seconds. A full
+    disk is left to the save's own check, which first removes what retention would."""
     for what, directory in dirs.items():
         try:
             Path(directory).mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            if e.errno in CAUSES:
-                return describe(what, existing(directory), e.errno)
-            return f"cannot create {what} {directory}: {e.strerror or e}"
-        cause = probe(directory, nbytes=4096)
+            return f"cannot write {what} in {directory}: {CAUSES.get(e.errno, e.strerror or e)} (cannot create it)"
+        cause = probe(directory, nbytes=0)
         if cause is not None:
             return describe(what, directory, cause)
     return None
@@ -185,7 +186,7 @@ def run_dirs(cfg, is_main: bool) -> dict[str, Path]:
     also the MLflow store when it is local."""
     from .tracking.common import store_dir
 
-    dirs = {"the run directory": Path(cfg.run_dir), "the checkpoint directory": Path(cfg.checkpoint_dir)}
+    dirs = {"run files": Path(cfg.run_dir), "checkpoints": Path(cfg.checkpoint_dir)}
     store = store_dir(cfg.tracking, Path(cfg.run_dir)) if is_main and cfg.tracking.enabled else None
     if store is not None:
         dirs["the MLflow store"] = store
