@@ -350,6 +350,10 @@ def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, tr
         f"checkpoint: per node ({gpus_per_node} ranks)": model_states / world * gpus_per_node,
         "checkpoint: data-stream state, per rank": data_state,
         f"checkpoint: whole step dir ({world} ranks)": model_states + data_state * world,
+        # A save first removes what retention would (delia_dist/checkpoint/room.py) but keeps
+        # the newest until the new one is complete: keep_last step dirs at once, at least 2.
+        f"checkpoint dir at its fullest (keep_last={cfg.checkpoint.keep_last}, during a save)":
+            (model_states + data_state * world) * max(cfg.checkpoint.keep_last, 2),
         "elastic resume: universal copy (once, on disk)": trainable * 12,
         # Each new rank reads every old rank's stream state to re-deal the epoch
         # (checkpoint_elastic.remapped_rank_state); counted for an old job of this size.

@@ -167,6 +167,11 @@ def test_first_checkpoint_needs_plans_estimate():
     whole = next(v for k, v in p.storage_gb.items() if k.startswith("checkpoint: whole step dir"))
     assert checkpoint_bytes(c, 64) == pytest.approx(whole * 1e9, rel=1e-12)
     assert 0.9e12 < checkpoint_bytes(c, 64) < 1.1e12  # 70.6B params full fine-tuned, bf16 + fp32 Adam: 14 B each
+    # keep_last=2: the older one goes after the new one is complete, so two step dirs at once.
+    assert p.storage_gb["checkpoint dir at its fullest (keep_last=2, during a save)"] == pytest.approx(2 * whole)
+    c.checkpoint.keep_last = 1  # the newest stays until the new one is complete: still two
+    fullest = plan(c, nodes=8, gpus_per_node=8).storage_gb["checkpoint dir at its fullest (keep_last=1, during a save)"]
+    assert fullest == pytest.approx(2 * whole)
 
 
 @root_only

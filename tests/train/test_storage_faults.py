@@ -82,7 +82,8 @@ def one_line(proc: subprocess.CompletedProcess, start: str) -> str:
 
 def test_full_disk_mid_save_refused_save_and_read_only_then_resume(ws, straight, small_disk):
     from delia_dist.storage import size_on_disk
-    size = size_on_disk(straight / "checkpoints/step_2")
+    size = size_on_disk(straight / f"checkpoints/step_{STEPS}")  # keep_last=1: the only one left
+    assert size > 100_000
     disk, run = small_disk, ws / "faulty"
     # Room for one checkpoint and half of the next; keep_last=1 keeps step_2 until step_4 is complete.
     mount("-o", f"remount,size={size * 3 // 2}", str(disk))
