@@ -197,3 +197,19 @@ def test_event_log_warning_names_the_cause(tmp_path, caplog):
         log._append([b'{"m": []}\n'])
     assert f"cannot write the tracking event log mlflow-events.jsonl in {ro}: read-only filesystem; tracking " \
            "events are held in memory" in caplog.text
+
+
+@root_only
+def test_universal_conversion_that_cannot_fit_comes_back_as_its_line(tmp_path):
+    """The conversion runs in a child interpreter; its one line reaches rank 0 through a pipe."""
+    from delia_dist.checkpoint import elastic
+    with tmpfs(tmp_path / "disk", 512 << 10) as disk:
+        step = disk / "step_2"
+        step.mkdir()
+        (step / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(os.urandom(300_000))
+        with pytest.raises(storage.StorageError) as info:
+            elastic.ensure_universal(step, rank=0, wait_s=1)
+        assert not (step / elastic.UNIVERSAL).exists()
+    assert re.fullmatch(rf"cannot write the universal conversion of step_2 in {step}: no space left on device "
+                        r"\(needs 300.0 kB, \d+\.\d kB free, needed once to resume at another world size\)",
+                        str(info.value)), str(info.value)
