@@ -29,7 +29,10 @@ def for_checkpoint(manager, step: int, cfg, world: int) -> Iterator[None]:
     what = f"checkpoint step_{step}"
     need, problem = None, None
     if distributed.rank() == 0:
-        need = _make_room(manager, cfg, world)
+        try:  # advisory: whatever goes wrong here must not leave the other ranks waiting in the broadcast
+            need = _make_room(manager, cfg, world)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not size %s (%s: %s); saving without the free-space check", what, type(e).__name__, e)
         if need and cfg.checkpoint.check_space:
             try:
                 storage.require_free(what, manager.root, need, note=_note(manager))
@@ -54,7 +57,7 @@ def _make_room(manager, cfg, world: int) -> int | None:
     from ..plan import PlanError, checkpoint_bytes
     try:
         return checkpoint_bytes(cfg, world)
-    except PlanError as e:
+    except (PlanError, OSError, ValueError) as e:
         log.warning("no size estimate for the first checkpoint (%s); free space is checked from the second", e)
         return None
 
