@@ -126,3 +126,13 @@ def test_full_disk_mid_save_refused_save_and_read_only_then_resume(ws, straight,
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_export_that_cannot_fit_is_refused_with_one_line(straight, small_disk):
+    out = small_disk / "hf"
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "ckpt", "export", str(straight / "checkpoints"),
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 74, proc.stderr[-3000:]
+    line = one_line(proc, "error: cannot write the export of step_4")
+    assert line.startswith(f"error: cannot write the export of step_4 in {out}: no space left on device (needs "), line
+    assert line.endswith("kB free, nothing written)") and not out.exists(), line
