@@ -3,7 +3,7 @@ a small tmpfs: the disk filling in the middle of a save, a save refused before i
 because it cannot fit, and the filesystem turned read-only. Each ends the job with exit 74
 (not requeued under Slurm) and one line naming the directory and the cause, leaves
 `latest` on the last complete checkpoint, and a rerun with space resumes bit-identically.
-Needs root for mount (skipped otherwise)."""
+An export that cannot fit is refused the same way. Needs root for mount (skipped otherwise)."""
 from __future__ import annotations
 
 import json
