@@ -14,6 +14,7 @@ import traceback
 from . import commands
 from .config.errors import ConfigError
 from .errors import UserError, debug_enabled
+from .storage import EXIT_STORAGE, StorageError
 
 
 def _command_modules():
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug_enabled():
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_STORAGE if isinstance(e, StorageError) else 2
     except KeyboardInterrupt:
         return 130
 

@@ -214,6 +214,38 @@ def _lora_trainable(arch: Architecture, lora) -> int:
     return arch.layers * per_layer + embeddings
 
 
+def trained_architecture(model_cfg, vocab: Optional[int] = None) -> Architecture:
+    """The shape as trained: new special tokens grow the vocabulary, padded as the trainer pads it."""
+    arch = architecture(model_cfg, vocab)
+    pad = model_cfg.pad_vocab_to_multiple_of
+    arch.vocab = -(-(arch.vocab + len(model_cfg.new_tokens)) // pad) * pad
+    return arch
+
+
+def _trainable(arch: Architecture, model_cfg) -> int:
+    return arch.total_params() if model_cfg.finetune == "full" else _lora_trainable(arch, model_cfg.lora)
+
+
+def _model_states_bytes(n: int, trainable: int, mixed: bool) -> int:
+    """What ZeRO saves: the weights (2 B/param mixed, 4 fp32) and the fp32 master + Adam m, v."""
+    return n * (2 if mixed else 4) + trainable * (12 if mixed else 8)
+
+
+def _data_state_bytes(cfg) -> int:
+    from .data import stream_state_bytes
+    d = cfg.data
+    return stream_state_bytes(d.shuffle_buffer, d.num_workers, d.seq_len, n_sources=len(d.sources))
+
+
+def checkpoint_bytes(cfg, world: int) -> int:
+    """One checkpoint's bytes on disk over all ranks (the "whole step dir" line of the plan):
+    the room the trainer asks for before its first save."""
+    arch = trained_architecture(cfg.model)
+    n = arch.total_params()
+    mixed = cfg.train.precision in ("bf16", "fp16")
+    return _model_states_bytes(n, _trainable(arch, cfg.model), mixed) + _data_state_bytes(cfg) * world
+
+
 def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: float = 0.4,
          vocab: Optional[int] = None) -> Plan:
     if gpu not in GPUS:
@@ -222,14 +254,11 @@ def plan(cfg, *, nodes: int, gpus_per_node: int, gpu: str = "h100-80gb", mfu: fl
         raise PlanError("--nodes and --gpus-per-node must be >= 1")
     if not 0 < mfu <= 1:
         raise PlanError(f"MFU must be in (0, 1], got {mfu}")
-    arch = architecture(cfg.model, vocab)
+    arch = trained_architecture(cfg.model, vocab)
     m, ds, t = cfg.model, cfg.deepspeed, cfg.train
-    # New special tokens grow the vocabulary, padded as the trainer pads it.
-    pad = m.pad_vocab_to_multiple_of
-    arch.vocab = -(-(arch.vocab + len(m.new_tokens)) // pad) * pad
     world = nodes * gpus_per_node
     n = arch.total_params()
-    trainable = n if m.finetune == "full" else _lora_trainable(arch, m.lora)
+    trainable = _trainable(arch, m)
     mixed = t.precision in ("bf16", "fp16")
     w_bytes = 2 if mixed else 4
     stage = ds.stage
@@ -308,11 +337,9 @@ def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, tr
     and the streaming export's peak memory: what decides disk quota, save time and which
     node can export."""
     from .checkpoint.export import export_peak_bytes
-    from .data import stream_state_bytes
 
-    model_states = n * w_bytes + trainable * (12 if mixed else 8)
-    d = cfg.data
-    data_state = stream_state_bytes(d.shuffle_buffer, d.num_workers, d.seq_len, n_sources=len(d.sources))
+    model_states = _model_states_bytes(n, trainable, mixed)
+    data_state = _data_state_bytes(cfg)
     largest = max(arch.embedding_params(), arch.hidden * arch.intermediate)
     lora = 0
     if cfg.model.finetune == "lora":
@@ -323,6 +350,10 @@ def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, tr
         f"checkpoint: per node ({gpus_per_node} ranks)": model_states / world * gpus_per_node,
         "checkpoint: data-stream state, per rank": data_state,
         f"checkpoint: whole step dir ({world} ranks)": model_states + data_state * world,
+        # A save first removes what retention would (delia_dist/checkpoint/room.py) but keeps
+        # the newest until the new one is complete: keep_last step dirs at once, at least 2.
+        f"checkpoint dir at its fullest (keep_last={cfg.checkpoint.keep_last}, during a save)":
+            (model_states + data_state * world) * max(cfg.checkpoint.keep_last, 2),
         "elastic resume: universal copy (once, on disk)": trainable * 12,
         **elastic_resume_reads(trainable, data_state, world),
         "export: peak memory of the streaming writer": export_peak_bytes(largest, out_bytes, lora),

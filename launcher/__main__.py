@@ -3,7 +3,8 @@
 Started once per rank by srun (Slurm) or torchrun (`delia train --nproc N`). It reads
 the environment into a DistEnv, turns USR1/TERM into a polite stop request, runs the
 trainer, and exits with a code the sbatch script acts on: 0 done, 75 preempted
-(checkpoint written; requeue me), 1 failed.
+(checkpoint written; requeue me), 74 storage failure (disk full, read-only, no permission,
+quota: a requeue would meet the same disk), 1 failed.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .env import DistEnv, EnvError, detect_env
 from .netif import choose_gloo_interface
 from .signals import StopFlag
 
-EXIT_DONE, EXIT_FAILED, EXIT_PREEMPTED = 0, 1, 75
+EXIT_DONE, EXIT_FAILED, EXIT_STORAGE, EXIT_PREEMPTED = 0, 1, 74, 75  # 74: delia_dist.storage.EXIT_STORAGE
 # `delia train` sets this so it can report "preempted" although torchrun turns every
 # non-zero worker exit into 1; rank 0 writes its TrainResult there as JSON.
 RESULT_FILE_ENV = "DELIA_RESULT_FILE"
@@ -54,17 +55,19 @@ def train(args, env: DistEnv, stop: StopFlag) -> int:
         result = run_training(cfg, env, stop_requested=stop.is_set, timeout_s=args.timeout,
                               rendezvous_timeout_s=args.rendezvous_timeout)
     except Exception as e:
+        from delia_dist.storage import StorageError
         run_dir = getattr(cfg, "run_dir", None)
         report_failure(e, env, Path(run_dir) if run_dir else None)
-        return EXIT_FAILED
+        return EXIT_STORAGE if isinstance(e, StorageError) else EXIT_FAILED
     code = EXIT_PREEMPTED if result.status == "preempted" else EXIT_DONE
     if env.is_main:
         print(f"[delia] training {result.status} at step {result.step}; checkpoint {result.checkpoint}; "
               f"mlflow run {result.run_id}", flush=True)
         if os.environ.get(RESULT_FILE_ENV):
-            with open(os.environ[RESULT_FILE_ENV], "w") as f:
-                json.dump({"status": result.status, "step": result.step, "checkpoint": result.checkpoint,
-                           "run_id": result.run_id, "exit_code": code}, f)
+            from delia_dist import atomic
+            atomic.write_text(os.environ[RESULT_FILE_ENV], json.dumps(
+                {"status": result.status, "step": result.step, "checkpoint": result.checkpoint,
+                 "run_id": result.run_id, "exit_code": code}))
     return code
 
 
@@ -122,7 +125,7 @@ def _claim_first(env: DistEnv, run_dir: Path, line: str, quiet_if_same: bool = T
 def teardown(env: DistEnv, code: int) -> None:
     """Leave the process group in step with the other ranks. A failed rank skips it: its
     peers may be gone, and the barrier inside would only wait for the timeout."""
-    if code == EXIT_FAILED:
+    if code in (EXIT_FAILED, EXIT_STORAGE):
         return
     try:
         from delia_dist import distributed

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import parse_args, run
 
     from delia_dist.errors import debug_enabled
-    from launcher.__main__ import EXIT_PREEMPTED
+    from launcher.__main__ import EXIT_PREEMPTED, EXIT_STORAGE
 
     args = parse_args(argv)
     try:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1  # a preemption, not a failure: `delia train` reads rank 0's result file
         print(f"[delia] {len(e.failures)} rank(s) exited with {codes} (their lines above say why; "
               f"DELIA_DEBUG=1 for torchrun's report)", file=sys.stderr, flush=True)
-        return 1
+        return EXIT_STORAGE if EXIT_STORAGE in codes else 1  # `delia train` passes it on
     return 0
 
 

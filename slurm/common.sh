@@ -10,6 +10,9 @@
 #      job resumes from <run_dir>/checkpoints/latest (same data position, same MLflow run).
 # Any other non-zero exit is a failure and is NOT requeued (a crash loop would burn the
 # allocation); resubmit after fixing, training resumes from the last complete checkpoint.
+# Exit 74 is a storage failure (disk full, read-only, no permission, quota; the rank's line
+# names the directory and, for a full disk, the bytes needed and free): a requeue would meet
+# the same disk, so it is not requeued either, even when it happened in a preemption's save.
 #
 # Variables a user overrides with `sbatch --export=ALL,NAME=value ...`:
 #   DELIA_ROOT       repo checkout (default: the directory sbatch was run from)
@@ -30,6 +33,7 @@
 #                    to the master (launcher/netif.py) and prints it in its start-up line
 
 EXIT_PREEMPTED=75
+EXIT_STORAGE=74
 
 delia_setup() {
   DELIA_ROOT=${DELIA_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
@@ -149,6 +153,10 @@ delia_train() {
   if [ "$rc" -eq "$EXIT_PREEMPTED" ]; then
     echo "[delia] checkpoint written; requeueing job $SLURM_JOB_ID ($(date -Is))"
     scontrol requeue "$SLURM_JOB_ID" || echo "[delia] scontrol requeue failed; resubmit to resume" >&2
+  elif [ "$rc" -eq "$EXIT_STORAGE" ]; then
+    echo "[delia] checkpoint storage failed (srun exit $rc, the rank's line above says where and why); not" \
+         "requeued: the same disk would fail again. Free space or fix the path, then resubmit: it resumes" \
+         "from the last complete checkpoint." >&2
   elif [ "$rc" -ne 0 ]; then
     echo "[delia] training failed (srun exit $rc); not requeued. Fix and resubmit: it resumes from the last complete checkpoint." >&2
   else

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .. import atomic
+from .. import atomic, storage
 
 log = logging.getLogger(__name__)
 UNIVERSAL = "universal"
@@ -58,7 +58,10 @@ def ensure_universal(path: Path, rank: int, wait_s: float | None = None) -> Path
         try:
             _convert(path, out)
         except BaseException as e:
-            atomic.write_text(failed, f"{type(e).__name__}: {e}")
+            try:
+                atomic.write_text(failed, f"{type(e).__name__}: {e}")
+            except OSError:  # the disk that failed the conversion; the other ranks wait for WAIT_ENV
+                log.error("cannot leave %s for the other ranks", failed)
             raise
     _wait_for(out, failed, f"convert {path} for another world size", wait_s)
     return out
@@ -87,7 +90,17 @@ def _convert(path: Path, out: Path) -> None:
     # The converter's own progress lines go to this rank's log, as they would in-process.
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "delia_dist.checkpoint.elastic", str(path), str(out)], env=env)
+    # A storage failure comes back as the child's one line, through a pipe: the disk may be full.
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "delia_dist.checkpoint.elastic", str(path), str(out),
+                               str(write_end)], env=env, pass_fds=(write_end,))
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end) as f:
+        line = f.read().strip()
+    if line:
+        raise storage.StorageError(line)
     if proc.returncode != 0:
         raise RuntimeError(f"DeepSpeed's universal conversion of {path} failed with exit code "
                            f"{proc.returncode} (its output is above in rank 0's log)")
@@ -99,15 +112,24 @@ def _convert_here(path: Path, out: Path) -> None:
 
     tmp = path / f".{UNIVERSAL}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    # The universal copy holds the fp32 master weights and Adam moments: what the optimizer shards hold.
+    need = sum(p.stat().st_size for p in path.glob("*optim_states.pt"))
+    what = f"the universal conversion of {path.name}"
     # Each extract worker holds one rank's optimizer file (70B on 64 ranks: ~13 GB), so few.
     workers = max(1, min(4, (os.cpu_count() or 1) // 2))
     args = argparse.Namespace(input_folder=str(path), output_folder=str(tmp), num_extract_workers=workers,
                               num_merge_workers=max(1, workers // 2), keep_temp_folder=False, strict=True,
                               inject_missing_state=False)
-    ds_to_universal.main(args)
-    (path / "latest_universal").unlink(missing_ok=True)  # written by main(); we name the tag ourselves
-    (tmp / "COMPLETE").write_text(path.name)
-    atomic.fsync_tree(tmp)
+    with storage.writing(what, path, need):
+        storage.require_free(what, path, need, note="needed once to resume at another world size")
+        try:
+            ds_to_universal.main(args)
+            (path / "latest_universal").unlink(missing_ok=True)  # written by main(); we name the tag ourselves
+            atomic.write_text(tmp / "COMPLETE", path.name)
+            atomic.fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a partial copy would only hold the space
+            raise
     if out.exists():  # a stale, incomplete conversion
         shutil.rmtree(out)
     atomic.replace(tmp, out)
@@ -216,5 +238,10 @@ def steps_after_resume(cfg, world: int, counters: dict, schedule, total_steps: i
     return total
 
 
-if __name__ == "__main__":  # the child _convert starts: python -m delia_dist.checkpoint.elastic STEP_DIR OUT
-    _convert_here(Path(sys.argv[1]), Path(sys.argv[2]))
+if __name__ == "__main__":  # the child _convert starts: python -m delia_dist.checkpoint.elastic STEP_DIR OUT FD
+    try:
+        _convert_here(Path(sys.argv[1]), Path(sys.argv[2]))
+    except storage.StorageError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        os.write(int(sys.argv[3]), str(e).encode())
+        sys.exit(storage.EXIT_STORAGE)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import atomic
+from .. import atomic, storage
 from ..config import config_from_dict
 from .manager import is_complete
 
@@ -148,7 +148,7 @@ def _resolve(ckpt: Path) -> Path:
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
                       max_shard_bytes: int = DEFAULT_SHARD_BYTES, remap_bytes: int = 1 << 30) -> Path:
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     from ..model.build import DTYPES
     from .zero_reader import ZeroReader
@@ -170,7 +170,19 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
     if not any(t.name == "lm_head.weight" for t in tensors) and not tied:
         raise ValueError(f"{ckpt}: no lm_head.weight in the checkpoint and the config is untied")
     shards = _shard(tensors, out_dtype, max_shard_bytes)
-    out.mkdir(parents=True, exist_ok=True)
+    need = sum(t.shape.numel() * _itemsize(t, out_dtype) for t in tensors)
+    what = f"the export of {ckpt.name}"
+    with storage.writing(what, out, need):
+        storage.require_free(what, out, need, note="nothing written")
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out, ckpt, shared, reader, tensors, shards, config, tokenizer, out_dtype)
+    return out
+
+
+def _write(out: Path, ckpt: Path, shared: dict, reader, tensors: list[OutTensor], shards: list[list[OutTensor]],
+           config, tokenizer, out_dtype: torch.dtype) -> None:
+    from transformers import GenerationConfig
+
     weight_map, total = {}, 0
     for i, group in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -194,7 +206,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
         {"checkpoint": str(ckpt.resolve()), "step": shared["step"], "run_id": (shared.get("tracker") or {}).get("run_id"),
          "new_tokens": shared["new_tokens"], "bytes": total, "shards": len(shards)}, indent=1))
     log.info("exported %s -> %s (%d tensors, %.1f MB in %d file(s))", ckpt, out, len(tensors), total / 1e6, len(shards))
-    return out
 
 
 def _causal_lm_class(config) -> str:

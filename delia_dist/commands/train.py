@@ -5,7 +5,8 @@ HELP = "train a config with N local ranks (DeepSpeed ZeRO-3); Slurm users: sbatc
 DESCRIPTION = """Train CONFIG on this machine with --nproc ranks via torchrun.
 
 Resumes from the newest complete checkpoint by default (checkpoint.resume=auto).
-Exit codes: 0 done, 75 preempted (checkpoint written), 1 failed, 2 bad config.
+Exit codes: 0 done, 75 preempted (checkpoint written), 74 storage failure (disk full,
+read-only, no permission, quota: the line above names the directory), 1 failed, 2 bad config.
 USR1 or TERM to this process asks every rank to checkpoint at the next step and stop (75).
 Example: delia train configs/tiny_cpu.yaml --nproc 2 --set train.max_steps=20"""
 

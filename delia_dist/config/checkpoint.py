@@ -16,6 +16,10 @@ class CheckpointConfig:
     # auto: newest complete checkpoint if any; none: start fresh; or a checkpoint path.
     resume: str = "auto"
     save_on_exit: bool = True
+    # Before each save, compare the room it needs (the previous checkpoint's size, or
+    # `delia plan`'s estimate for the first) with the free space, and refuse a save that
+    # cannot fit. false: for filesystems whose statvfs does not report real free space.
+    check_space: bool = True
 
     def validate(self) -> None:
         if self.every_steps < 1:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic
+from .. import atomic, storage
 from ..urls import is_url
 from .errors import DataError, RecordError
 from .records import to_messages, tokenize_messages, tokenizer_info
@@ -57,6 +57,10 @@ class ShardWriter:
         return self.write_tokenized(payload, ids, mask)
 
     def write_tokenized(self, record_json: bytes, ids: np.ndarray, mask: np.ndarray) -> int:
+        with storage.writing("data shards", self.out_dir):
+            return self._write_tokenized(record_json, ids, mask)
+
+    def _write_tokenized(self, record_json: bytes, ids: np.ndarray, mask: np.ndarray) -> int:
         if self._tar is None:
             self._open()
         cur = self._current
@@ -95,6 +99,10 @@ class ShardWriter:
 
         A set whose samples carry no loss token would train on nothing (a chat template
         whose assistant spans were not found): it is refused, its shards removed."""
+        with storage.writing("data shards", self.out_dir):
+            return self._close()
+
+    def _close(self) -> dict:
         if self._tar is not None:
             self._close_shard()
         if self.samples and not self.loss_tokens:
@@ -124,7 +132,11 @@ class ShardWriter:
         if exc_type is None:
             self.close()
         elif self._tar is not None:
-            self._tar.close()
+            try:  # closing flushes the tar's end blocks: on a full disk that fails too
+                self._tar.close()
+            except OSError:
+                pass
+            self._tar = None
             self._tmp.unlink(missing_ok=True)
 
 

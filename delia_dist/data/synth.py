@@ -16,6 +16,8 @@ import json
 import random
 from pathlib import Path
 
+from .. import atomic
+
 ENGLISH = ("the cat dog house tree river city child woman man sees likes finds has is "
            "big small red green old new quick slow and with near under").split()
 FENISH = ("ta kalo dumo husa trea riva sita kinda vima mano seer likar fyndar hafar er "
@@ -177,7 +179,7 @@ def split_paraphrases(paraphrases: str | Path, eval_pool: str | Path, train_out:
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from ..redact import redact, redact_text
 from .common import MAX_PARAM_LEN, clean_name, default_uri, flatten, is_local, is_permanent, tag_event
 from .eventlog import EventLog
@@ -174,7 +175,7 @@ class Tracker:
         if not self.enabled:
             return
         staged = self._outbox.new_dir() / name
-        staged.write_text("".join(json.dumps(redact(r), ensure_ascii=False, default=str) + "\n" for r in rows))
+        atomic.write_text(staged, "".join(json.dumps(redact(r), ensure_ascii=False, default=str) + "\n" for r in rows))
         self._events.put({"artifact": str(staged), "artifact_path": "tables", "staged": True})
 
     def flush(self, timeout_s: float = 30.0) -> bool:

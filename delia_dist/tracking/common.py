@@ -43,6 +43,16 @@ def default_uri(cfg, run_dir: Path) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run_dir).resolve()}/mlflow.db"
 
 
+def store_dir(cfg, run_dir: Path) -> Path | None:
+    """The directory a local MLflow store (sqlite file or file store) writes to; None for a server."""
+    uri = default_uri(cfg, run_dir)
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent
+    if uri.startswith("file:"):
+        return Path(uri[len("file:"):].removeprefix("//"))
+    return None if "://" in uri else Path(uri)
+
+
 def is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 

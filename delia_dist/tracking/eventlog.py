@@ -19,7 +19,7 @@ import queue
 import threading
 from pathlib import Path
 
-from .. import atomic
+from .. import atomic, storage
 
 log = logging.getLogger("delia.tracking")
 
@@ -112,7 +112,8 @@ class EventLog:
                 f.write(b"".join(lines))
         except OSError as e:
             if not self._failing:
-                log.warning("cannot append to %s (%s); tracking events are held in memory until it works", self.path, e)
+                log.warning("%s; tracking events are held in memory until it works",
+                            storage.explain(e, f"the tracking event log {self.path.name}", self.path.parent))
             self._failing = True
             return
         self._failing = False

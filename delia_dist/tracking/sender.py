@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import atomic
 from ..redact import redact_text
 from . import common
 from .common import clean_name, flatten, is_local, is_permanent, run_gone, tag_event
@@ -241,7 +242,7 @@ class Sender:
             self._send(params[i:i + common.MAX_PARAMS_PER_BATCH], lambda items: self._backend.log_params(run_id, items),
                        lambda p: f"param {p[0]!r}")
         staged = self.outbox.new_dir() / "config.yaml"
-        staged.write_text(redact_text(yaml.safe_dump(config, sort_keys=False)))
+        atomic.write_text(staged, redact_text(yaml.safe_dump(config, sort_keys=False)))
         self._apply({"artifact": str(staged), "artifact_path": None, "staged": True})
 
     def _terminate(self) -> None:

@@ -18,8 +18,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import distributed
-from ..checkpoint import elastic
+from .. import atomic, distributed, storage
+from ..checkpoint import elastic, room
 from ..checkpoint.manager import CheckpointManager, rng_state, set_rng_state
 from ..config import Config, config_from_dict, to_dict
 from .state import MetricsWindow, TrainState
@@ -79,7 +79,7 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
+            with storage.writing("the metrics log", self.path.parent), open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
 
@@ -94,6 +94,8 @@ def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: 
     from ..model import build  # noqa: F401
     from . import loss  # noqa: F401
     device = distributed.init(env, timeout_s=timeout_s, rendezvous_timeout_s=rendezvous_timeout_s)
+    # A wrong or read-only path fails now, on every rank alike, not at the first save.
+    storage.raise_first(distributed.all_gather_object(storage.unwritable(storage.run_dirs(cfg, env.is_main))))
     return Trainer(cfg, env, device).fit(stop_requested)
 
 
@@ -228,8 +230,9 @@ class Trainer:
         shared = {"step": step, "schedule": self.schedule.state_dict(), "counters": self.state.state_dict(),
                   "tracker": self.tracker.state_dict(), "config": to_dict(self.cfg), "new_tokens": self.token_report}
         shared = distributed.broadcast_object(shared)  # rank 0's tracker run id for everyone
-        path = self.ckpt.save(self.engine, step, {"rng": rng_state(), "stream": self.stream.state_dict()}, shared,
-                              self.tokenizer)
+        with room.for_checkpoint(self.ckpt, step, self.cfg, self.env.world_size):  # checked before, named if it fails
+            path = self.ckpt.save(self.engine, step, {"rng": rng_state(), "stream": self.stream.state_dict()},
+                                  shared, self.tokenizer)
         if self.env.is_main:
             self.tracker.log_metrics({"checkpoint/step": step}, step=step)
             self.tracker.set_tags({"last_checkpoint": str(path)})
@@ -243,7 +246,8 @@ class Trainer:
                    "peak_rss_mb_max_rank": distributed.max_over_ranks(_peak_rss_mb())}
         self.tracker.log_metrics({"memory/peak_rss_mb_max_rank": summary["peak_rss_mb_max_rank"]}, step=state.step)
         if self.env.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            with storage.writing("the run summary", self.run_dir):
+                atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         run_id = self.tracker.run_id
         self.tracker.close("FINISHED" if status == "completed" else "KILLED")
         return TrainResult(status=status, step=state.step, checkpoint=str(last_ckpt) if last_ckpt else None,
