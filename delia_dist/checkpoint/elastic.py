@@ -188,12 +188,13 @@ def _write_remapped(path: Path, old_world: int, new_world: int, out: Path) -> No
         raise RuntimeError(f"remap_stream_states returned {len(streams)} states for {new_world} ranks")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for r in range(new_world):
-        # New rank r takes old rank r % old_world's RNG state (see the module docstring).
-        torch.save({**old[r % old_world], "stream": streams[r]}, tmp / f"rank_{r}.pt")
-    (tmp / "COMPLETE").write_text(str(new_world))
-    atomic.fsync_tree(tmp)
+    with storage.writing(f"the re-mapped data states of {path.name}", out.parent):
+        tmp.mkdir(parents=True)
+        for r in range(new_world):
+            # New rank r takes old rank r % old_world's RNG state (see the module docstring).
+            torch.save({**old[r % old_world], "stream": streams[r]}, tmp / f"rank_{r}.pt")
+        (tmp / "COMPLETE").write_text(str(new_world))
+        atomic.fsync_tree(tmp)
     if out.exists():  # a stale, incomplete one
         shutil.rmtree(out)
     atomic.replace(tmp, out)
