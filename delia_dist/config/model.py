@@ -10,9 +10,11 @@ from .errors import ConfigValueError
 @dataclass
 class NewTokenConfig:
     token: str
-    # mean: mean of existing rows; description: mean embedding of `description`'s tokens;
-    # random: the model's own init distribution.
-    init: Literal["mean", "description", "random"] = "mean"
+    # random (the paper's, default): N(0, initializer_range) as transformers' resize draws it;
+    # mean: mean of existing rows; description: mean embedding of `description`'s tokens.
+    # mean and description are ablations: description starts from the very words the
+    # alignment metric measures against, so it biases that metric from step 0.
+    init: Literal["mean", "description", "random"] = "random"
     description: Optional[str] = None
 
     def validate(self) -> None:

@@ -65,6 +65,20 @@ def build_model(model_cfg, tokenizer, ds_config: dict | None, precision: str, se
     return model, report
 
 
+def save_initialised(model_cfg, out_dir, precision: str, seed: int):
+    """The untrained model with its new tokens added and initialised as a run's step 0 has
+    them (same rule, same seed), saved as an HF directory: what the `base` row scores, so
+    it measures the token, not the string "<sep>" split into pieces."""
+    import dataclasses
+    tok = load_tokenizer(model_cfg)
+    model, _ = build_model(dataclasses.replace(model_cfg, finetune="full", gradient_checkpointing=False), tok,
+                           None, precision, seed=seed)
+    model.config.use_cache = True
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
 def is_tied(model) -> bool:
     """Input embedding and output head are one Parameter (SmolLM2, Llama 3.2 1B/3B, Qwen 0.5B)."""
     out = model.get_output_embeddings()

@@ -163,6 +163,8 @@ class Trainer:
         if self.resumed_from is None:
             start = {"step": 0, "vocab/new_rows": self.token_report["new_vocab"] - self.token_report["old_vocab"],
                      "params/max_rank_fraction": distributed.max_over_ranks(_local_param_fraction(self.wrapper))}
+            if cfg.eval.alignment.keywords:  # step 0: the new tokens as initialised, before any update
+                start.update(_alignment(self.engine, self.tokenizer, cfg))
             self.metrics_log.write(start)
             self.tracker.log_metrics(start, step=0)
         status, last_ckpt = "completed", None

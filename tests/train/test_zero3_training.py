@@ -88,8 +88,15 @@ def test_crash_mid_save_then_resume_is_bit_identical(ws, straight):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_new_token_rows_hold_their_init_after_a_step_at_lr0(ws, tiny_tokenizer_dir):
-    run = train(ws, "lr0", "train.max_steps=1", "train.lr=0", "train.warmup_steps=0")
+@pytest.fixture(scope="module")
+def lr0(ws):
+    """One step at lr 0: the checkpoint holds the weights as initialised."""
+    return train(ws, "lr0", "train.max_steps=1", "train.lr=0", "train.warmup_steps=0",
+                 "model.new_tokens.0.init=description")
+
+
+def test_new_token_rows_hold_their_init_after_a_step_at_lr0(lr0, tiny_tokenizer_dir):
+    run = lr0
     state = json.loads((run / "checkpoints/step_1/trainer_state.json").read_text())
     sep = state["new_tokens"]["new_token_ids"]["<sep>"]
     old = state["new_tokens"]["old_vocab"]
@@ -103,6 +110,27 @@ def test_new_token_rows_hold_their_init_after_a_step_at_lr0(ws, tiny_tokenizer_d
         mean = table[:old].mean(0)
         assert (table[sep] - mean).abs().max() > 1e-3  # description init is not the mean init
         torch.testing.assert_close(table[old + 1:], mean.expand(table.shape[0] - old - 1, -1), rtol=0, atol=1e-6)
+
+
+def test_alignment_at_step_0_is_the_metric_on_the_freshly_initialised_model(lr0):
+    """Logged before any update, on every run: the weights at lr 0 are the initial ones."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from delia_dist.eval.alignment import alignment_metrics
+    logged = metrics(lr0)[0]
+    assert logged["step"] == 0
+    tok = AutoTokenizer.from_pretrained(lr0 / "checkpoints/step_1/tokenizer")
+    state = json.loads((lr0 / "checkpoints/step_1/trainer_state.json").read_text())
+    mc = dict(state["config"]["model"]["config"])
+    mc["vocab_size"] = state["new_tokens"]["new_vocab"]
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(mc.pop("model_type"), **mc))
+    w = {k.removeprefix("model."): v for k, v in fp32_weights(lr0 / "checkpoints/step_1").items()}
+    model.load_state_dict(w, strict=True)
+    model.eval()
+    fresh = alignment_metrics(model, tok, {"<sep>": ["json", "thought"]}, [0, 1, 2])
+    assert fresh.keys() <= logged.keys() and len(fresh) == 12
+    for k, v in fresh.items():
+        assert logged[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
 def test_export_loads_and_generates(ws, straight, tmp_path):
