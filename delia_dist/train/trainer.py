@@ -213,6 +213,7 @@ class Trainer:
             if plan.stop:
                 status = "preempted"
                 break
+        self.flush_metrics(log_step=True)  # a run that ended with its data logs its last counts
         if status == "completed" and cfg.checkpoint.save_on_exit and (
                 last_ckpt is None or not str(last_ckpt).endswith(f"step_{state.step}")):
             last_ckpt = self.save(state.step)

@@ -176,3 +176,18 @@ def test_lora_trains_under_zero3_and_exports_merged(ws, tmp_path):
     torch.testing.assert_close(merged["model.embed_tokens.weight"],
                                state[prefix + "model.embed_tokens.modules_to_save.default.weight"])
     torch.testing.assert_close(merged["lm_head.weight"], state[prefix + "lm_head.modules_to_save.default.weight"])
+
+
+def test_downstream_once_at_a_sample_ratio_on_2_ranks(ws):
+    """No step limit: the run's length follows from the data, it ends cleanly when both
+    ranks used up their downstream share, every downstream record was drawn once, and the
+    logged per-source sample counts show r diverse samples per downstream sample."""
+    run = train(ws, "once", "train.max_steps=null", "data.diverse_ratio=3", "data.downstream_once=true",
+                "eval.every_steps=null")
+    n_down = json.loads((ws / "runs/tiny/shards/downstream/manifest.json").read_text())["samples"]
+    rows = metrics(run)
+    last = [r for r in rows if "samples/downstream" in r][-1]
+    assert last["samples/downstream"] == n_down
+    assert abs(last["samples/diverse"] / n_down - 3) <= 2 * 4 / n_down  # within one draw per rank
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == last["step"] == rows[-1]["step"]
