@@ -211,6 +211,8 @@ def _lora_trainable(arch: Architecture, lora) -> int:
             "down_proj": (arch.intermediate, arch.hidden)}
     per_layer = sum(lora.r * (i + o) for m, (i, o) in dims.items() if m in lora.target_modules)
     embeddings = (1 if arch.tied else 2) * arch.embedding_params() if lora.train_embeddings else 0
+    if "embed_tokens" in lora.target_modules:  # lora_embedding_A [r, vocab] + B [hidden, r]
+        embeddings += lora.r * (arch.vocab + arch.hidden)
     return arch.layers * per_layer + embeddings
 
 
@@ -317,6 +319,8 @@ def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, tr
     lora = 0
     if cfg.model.finetune == "lora":
         lora = max(arch.hidden * arch.heads * arch.head_dim, arch.hidden * arch.intermediate)
+        if "embed_tokens" in cfg.model.lora.target_modules:  # its merge makes a [vocab, hidden] product
+            lora = max(lora, arch.embedding_params())
     out_bytes = 2 if (cfg.model.dtype in ("bfloat16", "float16") or mixed) else 4
     return {
         "checkpoint: model + optimizer states, per rank": model_states / world,

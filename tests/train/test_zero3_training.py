@@ -191,3 +191,48 @@ def test_downstream_once_at_a_sample_ratio_on_2_ranks(ws):
     assert abs(last["samples/diverse"] / n_down - 3) <= 2 * 4 / n_down  # within one draw per rank
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["step"] == last["step"] == rows[-1]["step"]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lora_adapter_on_embed_tokens_exports_the_peft_merge(ws, tmp_path, tied):
+    """The authors' layout: adapters on q/k/v/o and embed_tokens, lm_head frozen. Trained
+    under ZeRO-3 on 2 ranks, the export equals PEFT's merge_and_unload of the same adapter;
+    a tied model's exported head is the merged embedding, an untied one's the frozen head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    run = train(ws, f"lora-emb-{tied}", "train.max_steps=3", "model.finetune=lora", "model.lora.r=4",
+                "model.lora.alpha=8", "model.lora.train_embeddings=false",
+                "model.lora.target_modules=[q_proj, k_proj, v_proj, o_proj, embed_tokens]",
+                f"model.config.tie_word_embeddings={str(tied).lower()}")
+    ckpt = run / "checkpoints/step_3"
+    state = {k.removeprefix("model."): v for k, v in fp32_weights(ckpt).items()}
+    emb = "base_model.model.model.embed_tokens."
+    assert state[emb + "lora_embedding_A.default"].abs().max() > 0  # the adapter moved off its zero init
+    trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+    sep = trainer_state["new_tokens"]["new_token_ids"]["<sep>"]
+    assert state[emb + "lora_embedding_A.default"][:, sep].abs().max() > 0  # the new row learns through it
+    out = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "ckpt", "export", str(run / "checkpoints"),
+                           str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    mc = dict(trainer_state["config"]["model"]["config"])
+    mc["vocab_size"] = trainer_state["new_tokens"]["new_vocab"]
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(mc.pop("model_type"), **mc))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "embed_tokens"]))
+    missing, unexpected = peft_model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+    reference = peft_model.merge_and_unload().state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    assert exported.config.tie_word_embeddings is tied
+    got = exported.state_dict()
+    assert got.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(got[k], reference[k], rtol=1e-5, atol=1e-5, msg=k)
+    if tied:
+        assert got["lm_head.weight"].data_ptr() == got["model.embed_tokens.weight"].data_ptr()
+    else:
+        torch.testing.assert_close(got["lm_head.weight"], state["base_model.model.lm_head.weight"], rtol=0, atol=0)
+    assert (got["model.embed_tokens.weight"] - state[emb + "base_layer.weight"]).abs().max() > 0  # merged
