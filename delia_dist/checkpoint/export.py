@@ -192,8 +192,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
     config.save_pretrained(out)
     gen = GenerationConfig.from_model_config(config)
     gen.pad_token_id = tokenizer.pad_token_id
-    gen.eos_token_id = [i for i in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")}
-                        if isinstance(i, int) and i != tokenizer.unk_token_id]
+    from ..eval.generate import stop_ids
+    gen.eos_token_id = stop_ids(tokenizer)  # eos and the template's end of turn (<end_of_turn>, <|im_end|>)
     gen.save_pretrained(out)
     tokenizer.save_pretrained(out)
     atomic.write_text(out / "delia_export.json", json.dumps(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.chat import fit_messages
 from . import metrics as M
 from .alignment import alignment_metrics
 from .bootstrap import bootstrap_intervals
@@ -24,7 +25,8 @@ def format_token_losses(model, tokenizer, examples, new_tokens: list[str]) -> di
     special = {tokenizer.convert_tokens_to_ids(t) for t in new_tokens}
     fmt_sum = fmt_n = all_sum = all_n = 0.0
     for ex in examples:
-        prompt = tokenizer.apply_chat_template(ex.messages, tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(fit_messages(tokenizer, ex.messages), tokenize=False,
+                                               add_generation_prompt=True)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(ex.reference, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([p_ids + a_ids])
