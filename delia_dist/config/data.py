@@ -12,7 +12,7 @@ class SourceConfig:
     name: str
     # Shard spec: a glob, a brace pattern ("shard-{000000..000099}.tar"), a manifest.json
     # written by `delia data shard`, or any URL webdataset reads (pipe:, s3 via pipe:).
-    shards: str
+    shards: str = field(metadata={"path": "shards"})
     # Target share of training *tokens* (not samples) drawn from this source.
     weight: float
     kind: Literal["diverse", "downstream"] = "diverse"

@@ -332,6 +332,21 @@ def check_paths(obj: Any, path: str = "", builder: _Builder | None = None) -> No
                 raise builder.fail(sub, f"no file matches {value!r}")
             if kind == "local_or_hub" and looks_local(value) and not os.path.exists(value):
                 raise builder.fail(sub, f"path does not exist: {value}")
+            if kind == "shards":
+                missing = _missing_shards(value)
+                if missing:
+                    raise builder.fail(sub, f"no shards at {missing} (run `delia data shard ... --out` first?)")
+
+
+def _missing_shards(spec: str) -> str | None:
+    """The part of a local shard spec (manifest, directory, glob or brace pattern) that names
+    nothing on disk, or None; `pipe:` and other URLs are the reader's to open."""
+    if is_url(spec) or spec.startswith("pipe:"):
+        return None
+    if spec.endswith(".json") or os.path.isdir(spec):
+        return None if os.path.exists(spec) else spec
+    from braceexpand import braceexpand
+    return next((p for p in braceexpand(spec) if not glob.glob(p)), None)
 
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
