@@ -174,8 +174,12 @@ def architecture(model_cfg, vocab: Optional[int] = None) -> Architecture:
         if local.is_file():
             raw, source = json.loads(local.read_text()), str(local)
         else:
-            key = name.lower().removesuffix("-instruct")
+            key = name.lower().rstrip("/").removesuffix("-instruct")
             key = _ALIASES.get(key, key)
+            if key not in KNOWN_ARCHITECTURES:  # a local directory not downloaded yet, named as on the hub
+                base = key.rsplit("/", 1)[-1]
+                key = next((k for k in [*KNOWN_ARCHITECTURES, *_ALIASES] if k.rsplit("/", 1)[-1] == base), key)
+                key = _ALIASES.get(key, key)
             if key not in KNOWN_ARCHITECTURES:
                 raise PlanError(f"model {name!r}: no local config.json and not a known architecture "
                                 f"({', '.join(sorted(KNOWN_ARCHITECTURES))}); point model.name_or_path at "
