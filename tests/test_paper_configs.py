@@ -114,3 +114,9 @@ def test_tiny_stand_in_runs_the_paper_matrix_end_to_end(ws):
         assert abs(last.get("samples/diverse", 0) - ratio * n_down) <= 2 * (ratio + 1)
         assert "align/<sep>/json/l0" in rows[0] and rows[0]["step"] == 0
     assert results["delia-4x"]["steps"] > results["baseline"]["steps"]
+    import mlflow  # the resolved mix is logged as params of every run
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{ws}/runs/tiny/paper/mlflow.db")
+    params = {r.info.run_name: r.data.params for e in client.search_experiments()
+              for r in client.search_runs([e.experiment_id])}
+    assert params["delia-4x"]["mix.diverse_per_downstream"] == "4.0" and params["baseline"]["mix.unit"] == "samples"
+    assert float(params["delia-4x"]["mix.diverse.token_share"]) > 0.5 and int(params["delia-4x"]["mix.expected_steps"]) > 0
