@@ -174,8 +174,12 @@ def architecture(model_cfg, vocab: Optional[int] = None) -> Architecture:
         if local.is_file():
             raw, source = json.loads(local.read_text()), str(local)
         else:
-            key = name.lower().removesuffix("-instruct")
+            key = name.lower().rstrip("/").removesuffix("-instruct")
             key = _ALIASES.get(key, key)
+            if key not in KNOWN_ARCHITECTURES:  # a local directory not downloaded yet, named as on the hub
+                base = key.rsplit("/", 1)[-1]
+                key = next((k for k in [*KNOWN_ARCHITECTURES, *_ALIASES] if k.rsplit("/", 1)[-1] == base), key)
+                key = _ALIASES.get(key, key)
             if key not in KNOWN_ARCHITECTURES:
                 raise PlanError(f"model {name!r}: no local config.json and not a known architecture "
                                 f"({', '.join(sorted(KNOWN_ARCHITECTURES))}); point model.name_or_path at "
@@ -211,6 +215,8 @@ def _lora_trainable(arch: Architecture, lora) -> int:
             "down_proj": (arch.intermediate, arch.hidden)}
     per_layer = sum(lora.r * (i + o) for m, (i, o) in dims.items() if m in lora.target_modules)
     embeddings = (1 if arch.tied else 2) * arch.embedding_params() if lora.train_embeddings else 0
+    if "embed_tokens" in lora.target_modules:  # lora_embedding_A [r, vocab] + B [hidden, r]
+        embeddings += lora.r * (arch.vocab + arch.hidden)
     return arch.layers * per_layer + embeddings
 
 
@@ -344,6 +350,8 @@ def _storage(arch: Architecture, cfg, world: int, gpus_per_node: int, n: int, tr
     lora = 0
     if cfg.model.finetune == "lora":
         lora = max(arch.hidden * arch.heads * arch.head_dim, arch.hidden * arch.intermediate)
+        if "embed_tokens" in cfg.model.lora.target_modules:  # its merge makes a [vocab, hidden] product
+            lora = max(lora, arch.embedding_params())
     out_bytes = 2 if (cfg.model.dtype in ("bfloat16", "float16") or mixed) else 4
     return {
         "checkpoint: model + optimizer states, per rank": model_states / world,

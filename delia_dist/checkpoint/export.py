@@ -35,7 +35,7 @@ DEFAULT_SHARD_BYTES = 4 << 30
 class OutTensor:
     name: str           # HF name in the exported model
     source: str         # DeepSpeed name of the weight
-    lora: tuple | None  # (A name, B name, scaling) to merge into it
+    lora: tuple | None  # (A name, B name, scaling, transposed) to merge into it
     shape: torch.Size
     dtype: torch.dtype
 
@@ -60,7 +60,8 @@ def plan_tensors(reader, lora_cfg, tied: bool) -> list[OutTensor]:
     by_hf = {v: k for k, v in stripped.items()}
     out = []
     for src, name in stripped.items():
-        if f".lora_A.{ADAPTER}." in name or f".lora_B.{ADAPTER}." in name or ".original_module." in name:
+        if any(f"{part}.{ADAPTER}" in name for part in (".lora_A", ".lora_B", ".lora_embedding_A", ".lora_embedding_B")) \
+                or ".original_module." in name:
             continue  # merged below / PEFT's frozen copy of a module trained in full
         if "lora_" in name:
             raise ValueError(f"checkpoint parameter {src}: LoRA layout this export does not know")
@@ -70,11 +71,15 @@ def plan_tensors(reader, lora_cfg, tied: bool) -> list[OutTensor]:
             hf = f"{prefix}.{leaf}"
             if leaf == "weight":
                 a, b = by_hf.get(f"{prefix}.lora_A.{ADAPTER}.weight"), by_hf.get(f"{prefix}.lora_B.{ADAPTER}.weight")
+                transposed = False
+                if a is None and b is None:  # an embedding's adapter: delta = (B @ A).T, [vocab, hidden]
+                    a, b = by_hf.get(f"{prefix}.lora_embedding_A.{ADAPTER}"), by_hf.get(f"{prefix}.lora_embedding_B.{ADAPTER}")
+                    transposed = True
                 if a is None or b is None:
                     raise ValueError(f"checkpoint parameter {src}: LoRA adapter weights missing")
                 if lora_cfg is None:
                     raise ValueError(f"checkpoint parameter {src} has a LoRA adapter but model.finetune is not lora")
-                lora = (a, b, lora_cfg.alpha / lora_cfg.r)
+                lora = (a, b, lora_cfg.alpha / lora_cfg.r, transposed)
         shape = reader.shape(src)
         dtype = reader.dtype(src)
         out.append(OutTensor(hf, src, lora, shape, dtype))
@@ -95,8 +100,9 @@ def plan_tensors(reader, lora_cfg, tied: bool) -> list[OutTensor]:
 def _materialize(reader, t: OutTensor, dtype: torch.dtype) -> torch.Tensor:
     w = reader.get(t.source)
     if t.lora is not None:
-        a, b, scaling = t.lora
-        w += scaling * (reader.get(b) @ reader.get(a))
+        a, b, scaling, transposed = t.lora
+        delta = reader.get(b) @ reader.get(a)
+        w += scaling * (delta.T if transposed else delta)
     return w.to(dtype) if w.is_floating_point() else w
 
 
@@ -198,8 +204,8 @@ def _write(out: Path, ckpt: Path, shared: dict, reader, tensors: list[OutTensor]
     config.save_pretrained(out)
     gen = GenerationConfig.from_model_config(config)
     gen.pad_token_id = tokenizer.pad_token_id
-    gen.eos_token_id = [i for i in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")}
-                        if isinstance(i, int) and i != tokenizer.unk_token_id]
+    from ..eval.generate import stop_ids
+    gen.eos_token_id = stop_ids(tokenizer)  # eos and the template's end of turn (<end_of_turn>, <|im_end|>)
     gen.save_pretrained(out)
     tokenizer.save_pretrained(out)
     atomic.write_text(out / "delia_export.json", json.dumps(

@@ -14,6 +14,11 @@ def add_arguments(p):
     p.add_argument("--only", default=None, help="comma-separated run names to run")
     p.add_argument("--resume", action="store_true",
                    help="continue runs from their checkpoints instead of starting them over")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each run's resolved token shares, diverse samples per downstream sample and "
+                        "expected steps (from the shard manifests); train nothing")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="ranks per run for --dry-run's steps (default: experiment.nproc; e.g. 64 for 8x8 GPUs)")
 
 
 def run(args) -> int:
@@ -25,6 +30,14 @@ def run(args) -> int:
     from ..experiment.report import comparison_table, terminal_width, write_report
     from ..tracking import default_uri
 
+    if args.dry_run:
+        from ..experiment.dry_run import dry_run_rows, dry_run_table
+        rows = dry_run_rows(args.config, args.overrides, args.only.split(",") if args.only else None,
+                            args.world_size)
+        print(dry_run_table(rows))
+        print(f"\n{len(rows)} run(s) at {rows[0]['world']} rank(s) each; expected steps assume full rows "
+              f"(packing padding adds a few percent); nothing was trained")
+        return 0
     results = run_experiment(args.config, args.overrides, args.only.split(",") if args.only else None,
                              resume=args.resume)
     cfg = load_config(args.config, args.overrides)

@@ -12,7 +12,7 @@ class SourceConfig:
     name: str
     # Shard spec: a glob, a brace pattern ("shard-{000000..000099}.tar"), a manifest.json
     # written by `delia data shard`, or any URL webdataset reads (pipe:, s3 via pipe:).
-    shards: str
+    shards: str = field(metadata={"path": "shards"})
     # Target share of training *tokens* (not samples) drawn from this source.
     weight: float
     kind: Literal["diverse", "downstream"] = "diverse"
@@ -35,6 +35,16 @@ class DataConfig:
     seq_len: int = 2048
     # Total training tokens; the trainer derives the step count from it when train.max_steps is unset.
     token_budget: Optional[int] = None
+    # The paper's mixing unit: diverse samples drawn per downstream sample (100 = 100 diverse
+    # per downstream). Set, the mixer draws by sample counts and `weight` only splits samples
+    # among the sources of one kind; null draws by token share (`weight`). The resolved token
+    # shares are printed at start and logged (params mix.*).
+    diverse_ratio: Optional[float] = None
+    # Every downstream record exactly once (the authors' one epoch): downstream sources read
+    # one epoch whatever their max_epochs/on_exhausted say, the run ends when every rank has
+    # used up its downstream share, and its length
+    # (for the lr schedule) is derived from the shard manifests unless train.max_steps is set.
+    downstream_once: bool = False
     shuffle_shards: bool = True
     shuffle_buffer: int = 10_000
     pack: Literal["best_fit", "none"] = "best_fit"
@@ -76,3 +86,13 @@ class DataConfig:
             raise ConfigValueError("num_workers", "must be >= 0")
         if self.pack_buffer < 1:
             raise ConfigValueError("pack_buffer", "must be >= 1")
+        kinds = {s.kind for s in self.sources}
+        if self.diverse_ratio is not None:
+            if self.diverse_ratio < 0:
+                raise ConfigValueError("diverse_ratio", f"must be >= 0 (diverse samples per downstream sample), "
+                                                        f"got {self.diverse_ratio}")
+            if "downstream" not in kinds or (self.diverse_ratio > 0 and "diverse" not in kinds):
+                raise ConfigValueError("diverse_ratio", "needs a kind: downstream source and (ratio > 0) a kind: "
+                                                        "diverse source")
+        if self.downstream_once and "downstream" not in kinds:
+            raise ConfigValueError("downstream_once", "needs a kind: downstream source")

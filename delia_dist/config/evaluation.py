@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from .errors import ConfigValueError
 
@@ -15,6 +15,14 @@ class EvalTaskConfig:
     max_samples: Optional[int] = None
     # Split of an HF dataset dir (default: "test", or the only split there is).
     split: Optional[str] = None
+    # Generation length for this task (default eval.max_new_tokens); longest_reference: the
+    # longest reference's token count x 1.25 + 8, so a long document is never cut (WMT-21
+    # document-level references run past 512 tokens).
+    max_new_tokens: Union[int, Literal["longest_reference"], None] = None
+
+    def validate(self) -> None:
+        if isinstance(self.max_new_tokens, int) and self.max_new_tokens < 1:
+            raise ConfigValueError("max_new_tokens", "must be >= 1, 'longest_reference' or null")
 
 
 @dataclass

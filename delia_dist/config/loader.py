@@ -46,7 +46,48 @@ def _to_python(node: yaml.Node, path: str, source: str, lines: _Lines) -> Any:
     return yaml.safe_load(yaml.serialize(node))
 
 
-def read_yaml(path: str | os.PathLike) -> tuple[dict, _Lines]:
+def read_yaml(path: str | os.PathLike, _chain: tuple[str, ...] = ()) -> tuple[dict, _Lines]:
+    """The file's values on top of those of the files its top-level `include:` lists."""
+    data, lines = _read_one(path)
+    if "include" not in data:
+        return data, lines
+    source, includes = str(path), data.pop("include")
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError("expected a list of YAML file paths", source=source, key="include",
+                          line=lines["include"][1])
+    merged, merged_lines = {}, _Lines()
+    here = Path(path).resolve()
+    for i, rel in enumerate(includes):
+        target = (here.parent / os.path.expandvars(rel)).resolve()
+        at = lines.get(f"include.{i}", lines["include"])
+        if not target.is_file():
+            raise ConfigError(f"included file not found: {target}", source=source, key=f"include.{i}", line=at[1])
+        if str(target) in (*_chain, str(here)):
+            raise ConfigError(f"include cycle through {target}", source=source, key=f"include.{i}", line=at[1])
+        sub, sub_lines = read_yaml(target, (*_chain, str(here)))
+        _merge(merged, sub, merged_lines, sub_lines)
+    _merge(merged, data, merged_lines, _Lines({k: v for k, v in lines.items() if not k.startswith("include")}))
+    return merged, merged_lines
+
+
+def _merge(into: dict, top: dict, into_lines: _Lines, top_lines: _Lines, path: str = "") -> None:
+    """Deep-merge mapping `top` over `into` (a list or scalar in `top` replaces the whole
+    value), keeping each value's (file, line) for error messages."""
+    for key, value in top.items():
+        sub = f"{path}.{key}" if path else key
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into_lines[sub] = top_lines.get(sub, into_lines.get(sub))
+            _merge(into[key], value, into_lines, top_lines, sub)
+            continue
+        into[key] = value
+        for k in [k for k in into_lines if k == sub or k.startswith(sub + ".")]:
+            del into_lines[k]
+        into_lines.update({k: v for k, v in top_lines.items() if k == sub or k.startswith(sub + ".")})
+
+
+def _read_one(path: str | os.PathLike) -> tuple[dict, _Lines]:
     source = str(path)
     if not Path(path).is_file():
         raise ConfigError("config file not found", source=source)
@@ -291,6 +332,21 @@ def check_paths(obj: Any, path: str = "", builder: _Builder | None = None) -> No
                 raise builder.fail(sub, f"no file matches {value!r}")
             if kind == "local_or_hub" and looks_local(value) and not os.path.exists(value):
                 raise builder.fail(sub, f"path does not exist: {value}")
+            if kind == "shards":
+                missing = _missing_shards(value)
+                if missing:
+                    raise builder.fail(sub, f"no shards at {missing} (run `delia data shard ... --out` first?)")
+
+
+def _missing_shards(spec: str) -> str | None:
+    """The part of a local shard spec (manifest, directory, glob or brace pattern) that names
+    nothing on disk, or None; `pipe:` and other URLs are the reader's to open."""
+    if is_url(spec) or spec.startswith("pipe:"):
+        return None
+    if spec.endswith(".json") or os.path.isdir(spec):
+        return None if os.path.exists(spec) else spec
+    from braceexpand import braceexpand
+    return next((p for p in braceexpand(spec) if not glob.glob(p)), None)
 
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")

@@ -10,9 +10,11 @@ from .errors import ConfigValueError
 @dataclass
 class NewTokenConfig:
     token: str
-    # mean: mean of existing rows; description: mean embedding of `description`'s tokens;
-    # random: the model's own init distribution.
-    init: Literal["mean", "description", "random"] = "mean"
+    # random (the paper's, default): N(0, initializer_range) as transformers' resize draws it;
+    # mean: mean of existing rows; description: mean embedding of `description`'s tokens.
+    # mean and description are ablations: description starts from the very words the
+    # alignment metric measures against, so it biases that metric from step 0.
+    init: Literal["mean", "description", "random"] = "random"
     description: Optional[str] = None
 
     def validate(self) -> None:
@@ -25,14 +27,23 @@ class LoraConfig:
     r: int = 16
     alpha: int = 16
     dropout: float = 0.05
+    # Modules that get an adapter. The authors' layout adds embed_tokens (a low-rank adapter on
+    # the embedding, PEFT's lora_embedding_A/B, through which new-token rows learn) with
+    # train_embeddings: false, so lm_head stays frozen; the export merges it. A tied model's
+    # head is the frozen base embedding in training and the merged embedding once exported
+    # (the one shared matrix, as PEFT's merge_and_unload leaves it).
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # Train the embedding and output rows too (the DELIA recipe trains embed_tokens); needed
-    # for new special tokens to learn anything under LoRA.
+    # Train the embedding and output head in full (a tied model: the one shared matrix), the
+    # other way for new special tokens to learn under LoRA.
     train_embeddings: bool = True
 
     def validate(self) -> None:
         if self.r < 1:
             raise ConfigValueError("r", "must be >= 1")
+        if self.train_embeddings and "embed_tokens" in self.target_modules:
+            raise ConfigValueError("train_embeddings", "trains embed_tokens in full, and target_modules also puts an "
+                                                       "adapter on it: choose one (the paper's layout: the adapter, "
+                                                       "train_embeddings: false)")
         if not 0 <= self.dropout < 1:
             raise ConfigValueError("dropout", "must be in [0, 1)")
 

@@ -110,6 +110,8 @@ def tokenize_messages(tokenizer, messages: list[dict]) -> tuple[np.ndarray, np.n
     to the end of the render of messages[:i + 1]. The span keeps the end-of-turn token the
     model must learn to emit (<|im_end|>, <|eot_id|>), but not the whitespace a template
     writes after it, which generation never produces because it stops at that token."""
+    from .chat import fit_messages, special_ids
+    messages = fit_messages(tokenizer, messages)  # a system turn, for a template without one
     template = tokenizer.chat_template or ""
     if _GENERATION_BLOCK.search(template):
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
@@ -133,7 +135,7 @@ def tokenize_messages(tokenizer, messages: list[dict]) -> tuple[np.ndarray, np.n
     starts = np.asarray([s for s, _ in enc["offset_mapping"]], dtype=np.int64)
     ends = np.asarray([max(e, s + 1) for s, e in enc["offset_mapping"]], dtype=np.int64)
     mask = np.zeros(len(ids), dtype=np.uint8)
-    special = set(tokenizer.all_special_ids)
+    special = special_ids(tokenizer)
     for lo, hi in spans:
         idx = np.flatnonzero((ends > lo) & (starts < hi))
         idx = _trim_after_end_of_turn(tokenizer, ids, idx, special)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .decode import IGNORE, DecodeRules
 from .errors import DataError
+from .mix_plan import sample_targets
 from .mixer import TokenMixer
 from .packer import Packer
 from .reader import SourcePolicy, SourceStream
@@ -56,6 +57,8 @@ def source_policy(index: int, s, cfg, tokenizer) -> SourcePolicy:
         raise DataError(f"source {s.name}: {where} lists no shards")
     added = check_tokenizer(s.name, where, manifest, tokenizer)
     max_epochs = s.max_epochs if s.max_epochs is not None else (1 if s.on_exhausted == "stop" else None)
+    if cfg.downstream_once and s.kind == "downstream":
+        max_epochs = 1
     rules = DecodeRules(source=index, name=s.name, seed=cfg.seed, vocab_size=len(tokenizer),
                         seq_len=cfg.seq_len, tokenizer=tokenizer,
                         added_tokens=tuple(t.encode() for t in added),
@@ -96,7 +99,12 @@ class TrainStream:
         self._layout["shards"] = [len(p.urls) for p in self.policies]
         self._layout["shuffle_shards"] = cfg.shuffle_shards
         self.sources = [SourceStream(p, rank, world_size, workers) for p in self.policies]
-        self.mixer = TokenMixer(self.sources, [s.weight for s in cfg.sources])
+        targets = sample_targets(cfg)
+        once = tuple(i for i, s in enumerate(cfg.sources) if cfg.downstream_once and s.kind == "downstream")
+        self.mixer = TokenMixer(self.sources, targets or [s.weight for s in cfg.sources],
+                                by_samples=targets is not None, once=once)
+        if targets is not None or once:  # absent otherwise, so checkpoints of token-share runs still resume
+            self._layout["mix"] = {"by_samples": targets is not None, "once": list(once)}
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.packer = Packer(self.mixer.next, cfg.seq_len, cfg.pack_buffer, cfg.pack,
                              cfg.split_samples, pad_id)
@@ -110,12 +118,8 @@ class TrainStream:
         """The next micro-batch as numpy arrays (what __next__ wraps in tensors)."""
         if self.done:
             raise StopIteration
-        b, L = self.micro_batch_size, self.seq_len
-        out = {"input_ids": np.full((b, L), self.pad_id, dtype=np.int64),
-               "labels": np.full((b, L), IGNORE, dtype=np.int64),
-               "position_ids": np.zeros((b, L), dtype=np.int64),
-               "segment_ids": np.zeros((b, L), dtype=np.int32),
-               "source_ids": np.full((b, L), -1, dtype=np.int32)}
+        b = self.micro_batch_size
+        out = self._blank()
         rows = 0
         for r in range(b):
             if not self.packer.fill_row(*(out[k][r] for k in out)):
@@ -127,6 +131,14 @@ class TrainStream:
         if rows < b:  # the stream ended mid-batch: the rest of the batch is padding
             self.done = True
         return out
+
+    def _blank(self) -> dict[str, np.ndarray]:
+        b, L = self.micro_batch_size, self.seq_len
+        return {"input_ids": np.full((b, L), self.pad_id, dtype=np.int64),
+                "labels": np.full((b, L), IGNORE, dtype=np.int64),
+                "position_ids": np.zeros((b, L), dtype=np.int64),
+                "segment_ids": np.zeros((b, L), dtype=np.int32),
+                "source_ids": np.full((b, L), -1, dtype=np.int32)}
 
     def __next__(self):
         import torch
@@ -158,6 +170,12 @@ class TrainStream:
         log.info("shuffle buffers filled before step 1 in %.1f s: %s", time.monotonic() - t0,
                  ", ".join(f"{k} {v} samples" for k, v in held.items()))
         return held
+
+    def empty_batch(self) -> dict:
+        """A padding-only micro-batch (no loss tokens): what a rank whose data ended feeds
+        while the others finish theirs (data.downstream_once)."""
+        import torch
+        return {k: torch.from_numpy(v) for k, v in self._blank().items()}
 
     def stats(self) -> dict:
         """Per-source counters on this rank: samples, tokens, epochs, skipped by reason."""

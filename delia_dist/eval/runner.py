@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.chat import fit_messages
 from . import metrics as M
 from .alignment import alignment_metrics
 from .bootstrap import bootstrap_intervals
@@ -24,7 +25,8 @@ def format_token_losses(model, tokenizer, examples, new_tokens: list[str]) -> di
     special = {tokenizer.convert_tokens_to_ids(t) for t in new_tokens}
     fmt_sum = fmt_n = all_sum = all_n = 0.0
     for ex in examples:
-        prompt = tokenizer.apply_chat_template(ex.messages, tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(fit_messages(tokenizer, ex.messages), tokenize=False,
+                                               add_generation_prompt=True)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(ex.reference, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([p_ids + a_ids])
@@ -63,6 +65,14 @@ def source_batch(data_cfg, tokenizer, kind: str, batch_size: int) -> dict:
     return {k: batch[k] for k in ("input_ids", "labels", "position_ids")}
 
 
+def generation_length(task, ev, examples, tokenizer) -> int:
+    """The task's max_new_tokens: its own, eval.max_new_tokens, or from its longest reference."""
+    if task.max_new_tokens == "longest_reference":
+        longest = max((len(tokenizer(e.reference, add_special_tokens=False)["input_ids"]) for e in examples), default=0)
+        return int(longest * 1.25) + 8
+    return task.max_new_tokens or ev.max_new_tokens
+
+
 def evaluate(model_dir: str | Path, cfg, tracker=None, step: int | None = None) -> dict[str, float]:
     """Scores every task in cfg.eval.tasks; logs metrics and tables to `tracker` if given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,7 +85,8 @@ def evaluate(model_dir: str | Path, cfg, tracker=None, step: int | None = None) 
     model.eval()
     for task in ev.tasks:
         examples = load_examples(task.path, task.max_samples, task.split)
-        outputs = generate(model_dir, [e.messages for e in examples], ev.max_new_tokens, ev.backend)
+        outputs = generate(model_dir, [e.messages for e in examples], generation_length(task, ev, examples, tokenizer),
+                           ev.backend)
         prefix = f"eval/{task.name}"
         if task.kind == "translation":
             refs = [e.reference for e in examples]

@@ -132,7 +132,8 @@ def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cf
 
 
 def evaluate_base(config_path: str, overrides: list[str], root: Path) -> dict:
-    """The untrained model (model.name_or_path as given, no new tokens) scored like the runs,
+    """The untrained model (model.name_or_path, new tokens added and initialised as the runs'
+    step 0 has them) scored like the runs,
     as MLflow run "base": the before-training reference every trained row is read against."""
     from ..eval.runner import evaluate
     from ..tracking import Tracker, default_uri
@@ -147,6 +148,9 @@ def evaluate_base(config_path: str, overrides: list[str], root: Path) -> dict:
         raise ValueError(f"experiment.eval_base needs model.name_or_path to be a local model directory, "
                          f"got {model_dir!r}")
     print(f"[experiment] base: evaluating the untrained model {model_dir}", flush=True)
+    if cfg.model.new_tokens:  # the tokens added as a run adds them at step 0
+        from ..model.build import save_initialised
+        model_dir = save_initialised(cfg.model, run_dir / "hf", cfg.train.precision, cfg.train.seed)
     tracker = Tracker(cfg.tracking, run_dir, enabled=True)
     tracker.start({}, tags={"delia.kind": "base"})
     try:

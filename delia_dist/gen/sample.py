@@ -99,6 +99,7 @@ def sample(model_dir: str, queries_path: str, out_dir: str, cfg, task_index: int
     from transformers import AutoTokenizer
 
     from ..data import ShardWriter
+    from ..data.chat import end_of_turn_ids, fit_messages
     from ..data.errors import RecordError
 
     if num_tasks < 1 or parts_per_task < 1:
@@ -130,9 +131,11 @@ def sample(model_dir: str, queries_path: str, out_dir: str, cfg, task_index: int
         seed = cfg.seed + part
         log.info("part %d (%d of %d for task %d/%d): %d queries, seed %d", part, k, len(mine_parts), task_index,
                  num_tasks, len(mine), seed)
-        outs = generate_chat(model_dir, [chat_for(queries[i], cfg.system_prompt) for i in mine],
+        outs = generate_chat(model_dir, [fit_messages(tokenizer, chat_for(queries[i], cfg.system_prompt))
+                                         for i in mine],
                              temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, n=cfg.n,
-                             seed=seed, tensor_parallel_size=cfg.tensor_parallel_size, skip_too_long=True) if mine else []
+                             seed=seed, tensor_parallel_size=cfg.tensor_parallel_size, skip_too_long=True,
+                             stop_token_ids=end_of_turn_ids(tokenizer)) if mine else []
         skipped: Counter = Counter()
         with ShardWriter(part_dir, tokenizer, max_shard_bytes=int(cfg.max_shard_mb * (1 << 20)),
                          prefix="shard") as w, \

@@ -4,6 +4,7 @@ tokens, LoRA or full fine-tuning, under ZeRO-3 so a 70B model never exists whole
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 
@@ -65,6 +66,20 @@ def build_model(model_cfg, tokenizer, ds_config: dict | None, precision: str, se
     return model, report
 
 
+def save_initialised(model_cfg, out_dir, precision: str, seed: int):
+    """The untrained model with its new tokens added and initialised as a run's step 0 has
+    them (same rule, same seed), saved as an HF directory: what the `base` row scores, so
+    it measures the token, not the string "<sep>" split into pieces."""
+    import dataclasses
+    tok = load_tokenizer(model_cfg)
+    model, _ = build_model(dataclasses.replace(model_cfg, finetune="full", gradient_checkpointing=False), tok,
+                           None, precision, seed=seed)
+    model.config.use_cache = True
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
 def is_tied(model) -> bool:
     """Input embedding and output head are one Parameter (SmolLM2, Llama 3.2 1B/3B, Qwen 0.5B)."""
     out = model.get_output_embeddings()
@@ -91,10 +106,28 @@ def apply_lora(model, lora_cfg):
     peft_cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                           target_modules=list(lora_cfg.target_modules), modules_to_save=modules_to_save,
                           task_type="CAUSAL_LM", ensure_weight_tying=tie)
-    peft_model = get_peft_model(model, peft_cfg)
+    if "embed_tokens" in lora_cfg.target_modules and is_tied(model):
+        log.info("LoRA adapter on a tied embedding: the head stays the frozen base matrix in training; "
+                 "the export merges the adapter into the shared matrix, so the exported head follows it")
+    with warnings.catch_warnings():  # PEFT's tied-adapter warning: the line above says what happens
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings=True.*")
+        peft_model = get_peft_model(model, peft_cfg)
+    _register_embedding_adapters(peft_model)
     if tie and output_head(peft_model).weight is not _trained_embedding(peft_model).weight:
         raise RuntimeError("PEFT did not tie the trained output head to the trained embedding")
     return peft_model
+
+
+def _register_embedding_adapters(model) -> None:
+    """PEFT's embedding adapter reads lora_embedding_A/B straight from ParameterDicts whose own
+    forward never runs, so ZeRO-3 would never gather them ("'weight' must be 2-D"): declare
+    them parameters of the embedding's forward. Without ZeRO-3 the declaration is inert."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+    for module in model.modules():
+        for table in (getattr(module, "lora_embedding_A", None), getattr(module, "lora_embedding_B", None)):
+            if isinstance(table, torch.nn.ParameterDict):
+                for param in table.values():
+                    register_external_parameter(module, param)
 
 
 def _trained_embedding(model) -> torch.nn.Module:

@@ -21,6 +21,19 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
+# gemma's template, as gemma-7b-it ships it: no system role (it raises), the assistant is
+# "model", turns end with <end_of_turn> (not eos), no {% generation %} blocks.
+GEMMA_SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
 _WORDS = ("the a an of to in is was for on that with as by at from this be it are or his her "
           "translate english icelandic answer question json thought hallucination yes no format "
           "please explain why how what when where model data learn task sentence text word "
@@ -33,20 +46,26 @@ def synthetic_corpus(n_lines: int = 2000, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 24))) for _ in range(n_lines)]
 
 
-def train_tokenizer(out_dir: str | Path, texts: Iterable[str] | None = None, vocab_size: int = 512):
-    """Train a byte-level BPE and save it as a transformers tokenizer directory."""
+def train_tokenizer(out_dir: str | Path, texts: Iterable[str] | None = None, vocab_size: int = 512,
+                    style: str = "delia"):
+    """Train a byte-level BPE and save it as a transformers tokenizer directory; style
+    "gemma" gives it gemma's special tokens and chat template (no system role)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    gemma = style == "gemma"
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=GEMMA_SPECIAL_TOKENS if gemma else SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(texts) if texts is not None else synthetic_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   pad_token="<|pad|>")
-    fast.chat_template = CHAT_TEMPLATE
+    if gemma:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    else:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
+                                       pad_token="<|pad|>")
+    fast.chat_template = GEMMA_CHAT_TEMPLATE if gemma else CHAT_TEMPLATE
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)

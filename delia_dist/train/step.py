@@ -9,7 +9,7 @@ a rank or micro-batch with few loss tokens weighs by its tokens, not as much as 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,27 +27,32 @@ class StepPlan:
     slots: int  # token slots (tokens + padding), all ranks
 
 
-def next_micro_batches(data_iter: Iterator, n: int) -> list[dict] | None:
-    """This rank's n micro-batches of the step (host tensors), or None if it ran out."""
+def next_micro_batches(data_iter: Iterator, n: int, empty: Callable[[], dict] | None = None) -> list[dict] | None:
+    """This rank's n micro-batches of the step (host tensors), or None if it ran out. With
+    `empty` (a padding-only batch), a step the data ends in is completed with those."""
     batches = []
     for _ in range(n):
         batch = next(data_iter, None)
         if batch is None:
-            return None
+            if empty is None or not batches:
+                return None
+            batch = empty()
         batches.append(batch)
     return batches
 
 
-def agree(batches: list[dict] | None, stop_requested: bool) -> StepPlan:
+def agree(batches: list[dict] | None, stop_requested: bool, until_all_done: bool = False) -> StepPlan:
     """One all-reduce of host numbers: data left, stop flag and the step's token counts.
-    All are read from the host batches, so nothing waits for the GPU."""
+    All are read from the host batches, so nothing waits for the GPU. The step runs while
+    every rank has data, or (until_all_done) while any rank has."""
     have = batches is not None
     local = [0.0 if have else 1.0, 1.0 if stop_requested else 0.0,
              sum(int((b["labels"] != -100).sum()) for b in batches) if have else 0,
              sum(int((b["segment_ids"] > 0).sum()) for b in batches) if have else 0,
              sum(b["input_ids"].numel() for b in batches) if have else 0]
     missing, stop, loss_tokens, tokens, slots = distributed.sum_host(local)
-    return StepPlan(run=missing == 0, stop=stop > 0, loss_tokens=int(loss_tokens), tokens=int(tokens),
+    run = missing < distributed.world_size() if until_all_done else missing == 0
+    return StepPlan(run=bool(run), stop=stop > 0, loss_tokens=int(loss_tokens), tokens=int(tokens),
                     slots=int(slots))
 
 

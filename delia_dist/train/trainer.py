@@ -36,13 +36,23 @@ class TrainResult:
     run_id: Optional[str]
 
 
+def tokens_per_step(cfg: Config, world_size: int) -> int:
+    return cfg.data.seq_len * cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
+
+
 def max_steps_for(cfg: Config, world_size: int) -> int:
+    """train.max_steps, else data.token_budget's steps, else (data.downstream_once) the steps
+    one pass over the downstream data takes by the shard manifests (an estimate for the lr
+    schedule: that run ends when the data does)."""
     if cfg.train.max_steps is not None:
         return cfg.train.max_steps
-    if cfg.data.token_budget is None:
-        raise ValueError("set train.max_steps or data.token_budget")
-    per_step = cfg.data.seq_len * cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
-    return max(1, cfg.data.token_budget // per_step)
+    if cfg.data.token_budget is None and not cfg.data.downstream_once:
+        raise ValueError("set train.max_steps, data.token_budget or data.downstream_once")
+    from ..data.mix_plan import resolve_mix
+    mix = resolve_mix(cfg.data, tokens_per_step(cfg, world_size))
+    if mix.expected_steps is None:
+        raise ValueError(f"cannot derive the run's length: {mix.steps_from}; set train.max_steps")
+    return mix.expected_steps
 
 
 def ds_config_for(cfg: Config, world_size: int) -> dict:
@@ -135,6 +145,11 @@ class Trainer:
         self.engine.train()
 
         self.total_steps = max_steps_for(cfg, world)
+        from ..data.mix_plan import resolve_mix
+        self.mix = resolve_mix(cfg.data, tokens_per_step(cfg, world), cfg.train.max_steps)
+        # downstream_once without a step limit runs until every rank's downstream share is used
+        self.until_exhausted = cfg.data.downstream_once and cfg.train.max_steps is None \
+            and cfg.data.token_budget is None
         self.schedule = LRSchedule(cfg.train.lr, cfg.train.warmup_steps, self.total_steps, cfg.train.schedule,
                                    cfg.train.min_lr_ratio)
         self.stream = build_train_stream(cfg.data, self.tokenizer, rank=env.rank, world_size=world,
@@ -159,26 +174,36 @@ class Trainer:
 
     def fit(self, stop_requested: Callable[[], bool]) -> TrainResult:
         cfg, env, state = self.cfg, self.env, self.state
-        self.tracker.start(to_dict(cfg), tags={
+        if env.is_main:
+            for line in self.mix.lines():
+                log.info("data: %s", line)
+        self.tracker.start({**to_dict(cfg), "mix": self.mix.params()}, tags={
             "git_commit": _git_commit() or "unknown", "model": cfg.model.name_or_path or "from-config",
             "world_size": str(env.world_size), "nodes": str(env.num_nodes), "device": self.device,
             "finetune": cfg.model.finetune, "launcher": env.launcher, "restart_count": str(env.restart_count)})
         if self.resumed_from is None:
             start = {"step": 0, "vocab/new_rows": self.token_report["new_vocab"] - self.token_report["old_vocab"],
                      "params/max_rank_fraction": distributed.max_over_ranks(_local_param_fraction(self.wrapper))}
+            if cfg.eval.alignment.keywords:  # step 0: the new tokens as initialised, before any update
+                start.update(_alignment(self.engine, self.tokenizer, cfg))
             self.metrics_log.write(start)
             self.tracker.log_metrics(start, step=0)
         status, last_ckpt = "completed", None
         data_iter = iter(self.stream)
         self.t_log = time.perf_counter()
         n_sources = len(self.stream.source_names)
-        while state.step < self.total_steps:
+        # Under downstream_once a rank whose data ended feeds padding-only micro-batches (no
+        # loss tokens: the global loss normalisation leaves them out) until every rank's has.
+        empty = self.stream.empty_batch if cfg.data.downstream_once else None
+        while state.step < self.total_steps or self.until_exhausted:
             t0 = time.perf_counter()
-            batches = next_micro_batches(data_iter, cfg.train.grad_accum)
-            plan = agree(batches, stop_requested())
+            batches = next_micro_batches(data_iter, cfg.train.grad_accum, empty)
+            plan = agree(batches, stop_requested(), until_all_done=empty is not None)
             if not plan.run:
                 log.info("data exhausted at step %d", state.step)
                 break
+            if batches is None:
+                batches = [empty() for _ in range(cfg.train.grad_accum)]
             lr = self.schedule.apply(self.optimizer)
             stats = train_step(self.engine, batches, plan, n_sources)
             self.schedule.advance()
@@ -191,6 +216,7 @@ class Trainer:
             if plan.stop:
                 status = "preempted"
                 break
+        self.flush_metrics(log_step=True)  # a run that ended with its data logs its last counts
         if status == "completed" and cfg.checkpoint.save_on_exit and (
                 last_ckpt is None or not str(last_ckpt).endswith(f"step_{state.step}")):
             last_ckpt = self.save(state.step)

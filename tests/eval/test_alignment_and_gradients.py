@@ -54,9 +54,8 @@ def test_alignment_layer_beyond_the_model_is_an_error(tiny_tokenizer, tiny_model
 def test_buffering_diagnostic_on_batches_from_training_shards(tmp_path, tiny_tokenizer, tiny_model):
     """The batches are what the trainer would see from each source alone; the diagnostic
     runs on them and the downstream batch really is downstream data."""
-    from delia_dist import synth
     from delia_dist.config import DataConfig, SourceConfig
-    from delia_dist.data import ShardWriter
+    from delia_dist.data import ShardWriter, synth
     from delia_dist.eval.runner import source_batch
 
     def shards(name, records):

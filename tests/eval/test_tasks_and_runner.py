@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from delia_dist import synth
 from delia_dist.config import NewTokenConfig
 from delia_dist.config.evaluation import AlignmentConfig, EvalConfig, EvalTaskConfig
+from delia_dist.data import synth
 from delia_dist.errors import UserError
 from delia_dist.eval.runner import evaluate, format_token_losses
 from delia_dist.eval.tasks import load_examples

@@ -122,3 +122,17 @@ def test_70b_checkpoint_bytes_data_state_and_export_memory():
     assert vh * 10 / GB < st["export: peak memory of the streaming writer"] < 0.1 * 2 * n / GB
     assert st["export: HF safetensors on disk"] == pytest.approx(2 * n / GB)
     assert "checkpoint and export" in p.render()
+
+
+def test_paper_lora_layout_counts_the_embedding_adapter(repo_root):
+    """configs/paper/llama3_70b_sep_format.yaml: LoRA r16 on q/k/v/o of 80 layers plus the
+    embedding adapter (r x (vocab + hidden)); lm_head frozen, embeddings not trained in full."""
+    cfg = load_config(repo_root / "configs/paper/llama3_70b_sep_format.yaml")
+    p = plan(cfg, nodes=8, gpus_per_node=8)
+    hidden, kv, layers, vocab = 8192, 1024, 80, 128256 + 1  # + <sep>
+    qkvo = 16 * ((hidden + hidden) + (hidden + kv) + (hidden + kv) + (hidden + hidden))
+    vocab_rows = -(-vocab // cfg.model.pad_vocab_to_multiple_of) * cfg.model.pad_vocab_to_multiple_of
+    assert p.trainable_params in {layers * qkvo + 16 * (v + hidden) for v in (vocab, vocab_rows, 128256)}
+    no_adapter = plan(load_config(repo_root / "configs/paper/llama3_70b_sep_format.yaml",
+                                  ["model.lora.target_modules=[q_proj, k_proj, v_proj, o_proj]"]), nodes=8, gpus_per_node=8)
+    assert p.trainable_params - no_adapter.trainable_params in {16 * (v + hidden) for v in (vocab, vocab_rows, 128256)}

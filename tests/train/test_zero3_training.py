@@ -88,8 +88,15 @@ def test_crash_mid_save_then_resume_is_bit_identical(ws, straight):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_new_token_rows_hold_their_init_after_a_step_at_lr0(ws, tiny_tokenizer_dir):
-    run = train(ws, "lr0", "train.max_steps=1", "train.lr=0", "train.warmup_steps=0")
+@pytest.fixture(scope="module")
+def lr0(ws):
+    """One step at lr 0: the checkpoint holds the weights as initialised."""
+    return train(ws, "lr0", "train.max_steps=1", "train.lr=0", "train.warmup_steps=0",
+                 "model.new_tokens.0.init=description")
+
+
+def test_new_token_rows_hold_their_init_after_a_step_at_lr0(lr0, tiny_tokenizer_dir):
+    run = lr0
     state = json.loads((run / "checkpoints/step_1/trainer_state.json").read_text())
     sep = state["new_tokens"]["new_token_ids"]["<sep>"]
     old = state["new_tokens"]["old_vocab"]
@@ -103,6 +110,27 @@ def test_new_token_rows_hold_their_init_after_a_step_at_lr0(ws, tiny_tokenizer_d
         mean = table[:old].mean(0)
         assert (table[sep] - mean).abs().max() > 1e-3  # description init is not the mean init
         torch.testing.assert_close(table[old + 1:], mean.expand(table.shape[0] - old - 1, -1), rtol=0, atol=1e-6)
+
+
+def test_alignment_at_step_0_is_the_metric_on_the_freshly_initialised_model(lr0):
+    """Logged before any update, on every run: the weights at lr 0 are the initial ones."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from delia_dist.eval.alignment import alignment_metrics
+    logged = metrics(lr0)[0]
+    assert logged["step"] == 0
+    tok = AutoTokenizer.from_pretrained(lr0 / "checkpoints/step_1/tokenizer")
+    state = json.loads((lr0 / "checkpoints/step_1/trainer_state.json").read_text())
+    mc = dict(state["config"]["model"]["config"])
+    mc["vocab_size"] = state["new_tokens"]["new_vocab"]
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(mc.pop("model_type"), **mc))
+    w = {k.removeprefix("model."): v for k, v in fp32_weights(lr0 / "checkpoints/step_1").items()}
+    model.load_state_dict(w, strict=True)
+    model.eval()
+    fresh = alignment_metrics(model, tok, {"<sep>": ["json", "thought"]}, [0, 1, 2])
+    assert fresh.keys() <= logged.keys() and len(fresh) == 12
+    for k, v in fresh.items():
+        assert logged[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
 def test_export_loads_and_generates(ws, straight, tmp_path):
@@ -148,3 +176,63 @@ def test_lora_trains_under_zero3_and_exports_merged(ws, tmp_path):
     torch.testing.assert_close(merged["model.embed_tokens.weight"],
                                state[prefix + "model.embed_tokens.modules_to_save.default.weight"])
     torch.testing.assert_close(merged["lm_head.weight"], state[prefix + "lm_head.modules_to_save.default.weight"])
+
+
+def test_downstream_once_at_a_sample_ratio_on_2_ranks(ws):
+    """No step limit: the run's length follows from the data, it ends cleanly when both
+    ranks used up their downstream share, every downstream record was drawn once, and the
+    logged per-source sample counts show r diverse samples per downstream sample."""
+    run = train(ws, "once", "train.max_steps=null", "data.diverse_ratio=3", "data.downstream_once=true",
+                "eval.every_steps=null")
+    n_down = json.loads((ws / "runs/tiny/shards/downstream/manifest.json").read_text())["samples"]
+    rows = metrics(run)
+    last = [r for r in rows if "samples/downstream" in r][-1]
+    assert last["samples/downstream"] == n_down
+    assert abs(last["samples/diverse"] / n_down - 3) <= 2 * 4 / n_down  # within one draw per rank
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == last["step"] == rows[-1]["step"]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lora_adapter_on_embed_tokens_exports_the_peft_merge(ws, tmp_path, tied):
+    """The authors' layout: adapters on q/k/v/o and embed_tokens, lm_head frozen. Trained
+    under ZeRO-3 on 2 ranks, the export equals PEFT's merge_and_unload of the same adapter;
+    a tied model's exported head is the merged embedding, an untied one's the frozen head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    run = train(ws, f"lora-emb-{tied}", "train.max_steps=3", "model.finetune=lora", "model.lora.r=4",
+                "model.lora.alpha=8", "model.lora.train_embeddings=false",
+                "model.lora.target_modules=[q_proj, k_proj, v_proj, o_proj, embed_tokens]",
+                f"model.config.tie_word_embeddings={str(tied).lower()}")
+    ckpt = run / "checkpoints/step_3"
+    state = {k.removeprefix("model."): v for k, v in fp32_weights(ckpt).items()}
+    emb = "base_model.model.model.embed_tokens."
+    assert state[emb + "lora_embedding_A.default"].abs().max() > 0  # the adapter moved off its zero init
+    trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+    sep = trainer_state["new_tokens"]["new_token_ids"]["<sep>"]
+    assert state[emb + "lora_embedding_A.default"][:, sep].abs().max() > 0  # the new row learns through it
+    out = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "ckpt", "export", str(run / "checkpoints"),
+                           str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    mc = dict(trainer_state["config"]["model"]["config"])
+    mc["vocab_size"] = trainer_state["new_tokens"]["new_vocab"]
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(mc.pop("model_type"), **mc))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "embed_tokens"]))
+    missing, unexpected = peft_model.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
+    reference = peft_model.merge_and_unload().state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    assert exported.config.tie_word_embeddings is tied
+    got = exported.state_dict()
+    assert got.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(got[k], reference[k], rtol=1e-5, atol=1e-5, msg=k)
+    if tied:
+        assert got["lm_head.weight"].data_ptr() == got["model.embed_tokens.weight"].data_ptr()
+    else:
+        torch.testing.assert_close(got["lm_head.weight"], state["base_model.model.lm_head.weight"], rtol=0, atol=0)
+    assert (got["model.embed_tokens.weight"] - state[emb + "base_layer.weight"]).abs().max() > 0  # merged
