@@ -43,6 +43,17 @@ def default_uri(cfg, run_dir: Path) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run_dir).resolve()}/mlflow.db"
 
 
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Where a new experiment in an sqlite store keeps its artifacts: a directory of its own
+    beside the store (<run_dir>/mlartifacts/<experiment>), not inside one run's directory, so
+    removing a run's directory loses no other run's artifacts. Servers and file stores
+    choose for themselves (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts" / clean_name(experiment).replace("/", "_")).resolve().as_uri()
+
+
 def is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
