@@ -22,7 +22,7 @@ def run(args) -> int:
 
     from ..config import load_config
     from ..experiment.matrix import plan_runs, run_experiment
-    from ..experiment.run_tracking import matrix_parent
+    from ..experiment.run_tracking import matrix_parent, review_url
     from ..tracking import default_uri
 
     only = args.only.split(",") if args.only else None
@@ -34,7 +34,7 @@ def run(args) -> int:
                                  parent_run_id=parent.run_id)
         report = _report(results, cfg, Path(cfg.run_dir) / "report")
         if report is not None:
-            parent.log_artifact(report.parent, "report")
+            parent.log_artifact(report.parent)  # as report/...
         failed = [r for r in results if r["status"] != "ok"]
         if failed:
             parent.set_tags({"delia.failed_runs": ",".join(r["run"] for r in failed)})
@@ -42,6 +42,8 @@ def run(args) -> int:
     print(f"\nreport:       {f'{report}  (plots: {report.parent}/*.png)' if report else '(none: no run finished)'}")
     print(f"MLflow store: {uri}  (experiment '{cfg.tracking.experiment}', parent run {parent.run_id})")
     print(f"browse:       .venv/bin/mlflow ui --backend-store-uri {uri}")
+    if parent.experiment_id:
+        print(f"              then {review_url('http://127.0.0.1:5000', parent.experiment_id)}")
     for r in failed:
         print(f"FAILED run {r['run']}: {r['error'].splitlines()[0]} (see {r['run_dir']}/train.log)")
     return 1 if failed else 0

@@ -46,6 +46,13 @@ def tracked(cfg: Config, run_dir: Path, *, run_id: str | None = None, continue_r
     tracker.close("FINISHED")
 
 
+def review_url(ui: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's UI. MLflow 3.17's UI picks its page from a
+    workflow switch (GenAI / Model training, default GenAI, kept in the browser), not from
+    the experiment's kind tag: the URL chooses Model training."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def mark_failed(cfg: Config, run_dir: Path, tags: dict[str, str]) -> None:
     """A run whose training or export failed: if the trainer had created its MLflow run,
     give it its tags (parent, description) and mark it FAILED instead of leaving it RUNNING."""

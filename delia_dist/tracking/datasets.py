@@ -23,14 +23,16 @@ def manifest_digest(manifest: dict) -> str:
 
 
 def source_datasets(sources) -> list[dict]:
-    """One dataset record per configured source (config.data.sources): name, digest, source
-    (the manifest), profile (samples, tokens, loss tokens, shards) and role. A manifest that
+    """One dataset record per configured source (config.data.sources) the run reads from (weight > 0):
+    name, digest, source (the manifest), profile (samples, tokens, loss tokens, shards), role. A manifest that
     cannot be read here is skipped with a warning: the run's data stream reports it anyway."""
     from ..data.shards import load_manifest
     from ..errors import UserError
 
     out = []
     for s in sources:
+        if s.weight == 0:  # not read at all (the baseline's diverse source): not an input of this run
+            continue
         try:
             manifest = load_manifest(s.shards)
         except (OSError, UserError, ValueError) as e:

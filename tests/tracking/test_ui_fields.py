@@ -24,7 +24,8 @@ def sources(tmp_path, tiny_tokenizer):
         with ShardWriter(tmp_path / "shards" / name, tiny_tokenizer) as w:
             for i in range(n):
                 w.write({"prompt": f"question {i} of {name}", "response": f"answer {i}"})
-        out.append(SimpleNamespace(name=name, kind=kind, shards=str(tmp_path / "shards" / name / "manifest.json")))
+        out.append(SimpleNamespace(name=name, kind=kind, weight=0.5,
+                                   shards=str(tmp_path / "shards" / name / "manifest.json")))
     return out
 
 
@@ -91,7 +92,7 @@ def test_digest_follows_content_not_place_or_time(tmp_path, sources):
 
 
 def test_unreadable_manifest_is_skipped_with_a_warning(tmp_path, sources, caplog):
-    broken = SimpleNamespace(name="gone", kind="diverse", shards=str(tmp_path / "nope" / "manifest.json"))
+    broken = SimpleNamespace(name="gone", kind="diverse", weight=0.5, shards=str(tmp_path / "nope" / "manifest.json"))
     assert [d["name"] for d in source_datasets([broken, sources[1]])] == ["task"]
     assert "source gone: manifest" in caplog.text and "not logged as an MLflow dataset" in caplog.text
 
@@ -108,3 +109,9 @@ def test_repository_url_loses_credentials(tmp_path):
     assert tags["mlflow.source.git.repoURL"] == "https://host/x.git" and tags["mlflow.source.type"] == "JOB"
     assert len(tags["mlflow.source.git.commit"]) == 40
     assert source_tags("x", code_dir=plain) == {"mlflow.source.name": "x", "mlflow.source.type": "LOCAL"}
+
+
+def test_a_source_with_weight_zero_is_not_an_input(sources):
+    """The baseline keeps the diverse source in its config at weight 0 and reads none of it."""
+    unused = SimpleNamespace(**{**vars(sources[0]), "weight": 0.0})
+    assert [d["name"] for d in source_datasets([unused, sources[1]])] == ["task"]
