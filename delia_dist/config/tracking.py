@@ -1,6 +1,7 @@
 """Tracking section (MLflow)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -20,6 +21,9 @@ class TrackingConfig:
     system_metrics: bool = True
     system_metrics_interval_s: float = 30.0
     tags: dict[str, str] = field(default_factory=dict)
+    # The MLflow run this run is a child of (the UI nests it there); `delia experiment` sets
+    # it to the matrix's parent run. A run id: 32 hex characters.
+    parent_run_id: Optional[str] = None
     # Delivery runs in a background thread; these bound what a slow or dead server costs.
     flush_interval_s: float = 2.0
     retry_after_s: float = 15.0      # wait after a failed request before trying again
@@ -38,5 +42,8 @@ class TrackingConfig:
                 raise ConfigValueError(name, "must be > 0 seconds")
         if self.http_timeout_s < 1:
             raise ConfigValueError("http_timeout_s", "must be >= 1 second")
+        if self.parent_run_id is not None and not re.fullmatch(r"[0-9a-f]{32}", self.parent_run_id):
+            raise ConfigValueError("parent_run_id", f"must be an MLflow run id (32 hex characters), "
+                                                    f"got {self.parent_run_id!r}")
         if self.close_timeout_s < 0:
             raise ConfigValueError("close_timeout_s", "must be >= 0 seconds")

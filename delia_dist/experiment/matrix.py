@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from .. import atomic
 from ..config import Config, load_config
+from ..tracking.ui_tags import NOTE, PARENT_RUN
+from .run_tracking import child_tags, chosen_overrides, mark_failed, tracked
 
 log = logging.getLogger("delia.experiment")
 
@@ -100,28 +103,27 @@ def plan_runs(config_path: str, overrides: list[str] = (), only: list[str] | Non
 
 
 def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cfg: Config, nproc: int,
-             resume: bool) -> dict:
+             resume: bool, tags: dict[str, str]) -> dict:
     from ..checkpoint.export import export_checkpoint
     from ..eval.runner import evaluate
-    from ..tracking import Tracker
 
     t0 = time.time()
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
-    print(f"[experiment] {name}: training ({' '.join(run_over[3:]) or 'base config'})", flush=True)
-    train_run(config_path, run_over, cfg, run_dir, nproc)
-    hf_dir = export_checkpoint(cfg.checkpoint_dir, run_dir / "hf")
-    info = json.loads((hf_dir / "delia_export.json").read_text())
-    tracker = Tracker(cfg.tracking, run_dir, enabled=True)
-    tracker.load_state_dict({"run_id": info["run_id"]})
-    tracker.start({}, tags={})
-    print(f"[experiment] {name}: evaluating {hf_dir}", flush=True)
+    parent = tags.get(PARENT_RUN)
+    print(f"[experiment] {name}: training ({' '.join(chosen_overrides(run_over)) or 'base config'})", flush=True)
     try:
-        scores = evaluate(hf_dir, cfg, tracker=tracker, step=info["step"])
-    except BaseException:
-        tracker.close("FAILED")
+        # Quoted: an all-digit run id would otherwise be read as a YAML number.
+        train_run(config_path, run_over + ([f'tracking.parent_run_id="{parent}"'] if parent else []), cfg,
+                  run_dir, nproc)
+        hf_dir = export_checkpoint(cfg.checkpoint_dir, run_dir / "hf")
+    except Exception:
+        mark_failed(cfg, run_dir, tags)
         raise
-    tracker.close("FINISHED")
+    info = json.loads((hf_dir / "delia_export.json").read_text())
+    print(f"[experiment] {name}: evaluating {hf_dir}", flush=True)
+    with tracked(cfg, run_dir, run_id=info["run_id"], tags=tags) as tracker:
+        scores = evaluate(hf_dir, cfg, tracker=tracker, step=info["step"])
     last = _last_metrics(run_dir)
     print(f"[experiment] {name}: done in {time.time() - t0:.0f} s", flush=True)
     return {"run": name, "status": "ok", "run_id": info["run_id"], "run_dir": str(run_dir), "steps": info["step"],
@@ -131,18 +133,19 @@ def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cf
             **scores, "wall_s": time.time() - t0}
 
 
-def evaluate_base(config_path: str, overrides: list[str], root: Path) -> dict:
+def evaluate_base(config_path: str, overrides: list[str], root: Path, parent_run_id: str | None = None) -> dict:
     """The untrained model (model.name_or_path, new tokens added and initialised as the runs'
     step 0 has them) scored like the runs,
     as MLflow run "base": the before-training reference every trained row is read against."""
     from ..eval.runner import evaluate
-    from ..tracking import Tracker, default_uri
+    from ..tracking import default_uri
 
     t0 = time.time()
     base = load_config(config_path, overrides)
     run_dir = root / "base"
-    cfg = load_config(config_path, [f"run_dir={run_dir}", f"tracking.uri={default_uri(base.tracking, root)}",
-                                    "tracking.run_name=base", "eval.grad_cosine=false", *overrides])
+    run_over = [f"run_dir={run_dir}", f"tracking.uri={default_uri(base.tracking, root)}",
+                "tracking.run_name=base", "eval.grad_cosine=false", *overrides]
+    cfg = load_config(config_path, run_over)
     model_dir = cfg.model.name_or_path
     if not model_dir or not Path(model_dir).is_dir():
         raise ValueError(f"experiment.eval_base needs model.name_or_path to be a local model directory, "
@@ -151,46 +154,50 @@ def evaluate_base(config_path: str, overrides: list[str], root: Path) -> dict:
     if cfg.model.new_tokens:  # the tokens added as a run adds them at step 0
         from ..model.build import save_initialised
         model_dir = save_initialised(cfg.model, run_dir / "hf", cfg.train.precision, cfg.train.seed)
-    tracker = Tracker(cfg.tracking, run_dir, enabled=True)
-    tracker.start({}, tags={"delia.kind": "base"})
-    try:
+    tags = child_tags("base", run_over, list(overrides), cfg, config_path, parent_run_id, kind="base")
+    tags[NOTE] = (f"**base**: `{cfg.model.name_or_path}` untrained (new tokens added and initialised as at a "
+                  f"run's step 0), evaluated like every run of the matrix")
+    with tracked(cfg, run_dir, tags=tags) as tracker:
         scores = evaluate(model_dir, cfg, tracker=tracker, step=0)
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    tracker.close("FINISHED")
     print(f"[experiment] base: done in {time.time() - t0:.0f} s", flush=True)
     return {"run": "base", "status": "ok", "steps": 0, **scores, "wall_s": time.time() - t0}
 
 
 def run_experiment(config_path: str, overrides: list[str] = (), only: list[str] | None = None,
-                   resume: bool = False) -> list[dict]:
+                   resume: bool = False, plan: list | None = None, parent_run_id: str | None = None) -> list[dict]:
     """Trains, exports and evaluates each run. Without `resume` an existing run directory is
     started over, so a changed config never silently continues an old checkpoint. A failed
     run is recorded ({"status": "failed", "error": ...}) and the matrix goes on; results are
-    written to <run_dir>/experiment_results.json after every run."""
+    written to <run_dir>/experiment_results.json after every run. Each run is an MLflow child
+    of `parent_run_id` (the matrix's parent run) when given."""
     runs_only = [o for o in only if o != "base"] if only else None
-    plan = plan_runs(config_path, overrides, runs_only or None)
+    if plan is None:
+        plan = plan_runs(config_path, overrides, runs_only or None)
     if only and not runs_only:  # --only base
         plan = []
     base_cfg = load_config(config_path, overrides)
     root = Path(base_cfg.run_dir)
     nproc = base_cfg.experiment.nproc
     results = []
+
+    def save() -> None:
+        atomic.write_text(root / "experiment_results.json", json.dumps(results, indent=1))
+
     if base_cfg.experiment.eval_base and (not only or "base" in only):
         try:
-            results.append(evaluate_base(config_path, list(overrides), root))
+            results.append(evaluate_base(config_path, list(overrides), root, parent_run_id))
         except Exception as e:
             log.error("base evaluation failed: %s", e)
             print(f"[experiment] base: FAILED: {e}", flush=True)
             results.append({"run": "base", "status": "failed", "run_dir": str(root / "base"), "error": str(e)})
-        (root / "experiment_results.json").write_text(json.dumps(results, indent=1))
+        save()
     for name, run_dir, run_over, cfg in plan:
+        tags = child_tags(name, run_over, list(overrides), cfg, config_path, parent_run_id)
         try:
-            results.append(_one_run(config_path, name, run_dir, run_over, cfg, nproc, resume))
+            results.append(_one_run(config_path, name, run_dir, run_over, cfg, nproc, resume, tags))
         except Exception as e:  # one broken run must not hide the others' results
             log.error("run %s failed: %s", name, e)
             print(f"[experiment] {name}: FAILED: {e}", flush=True)
             results.append({"run": name, "status": "failed", "run_dir": str(run_dir), "error": str(e)})
-        (root / "experiment_results.json").write_text(json.dumps(results, indent=1))
+        save()
     return results

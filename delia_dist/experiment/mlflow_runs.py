@@ -5,7 +5,8 @@ from pathlib import Path
 
 from .tables import lower_is_better
 
-SUMMARY_TAG = "delia.kind"  # runs tagged delia.kind=report are reports, not training runs
+SUMMARY_TAG = "delia.kind"  # runs tagged delia.kind=report or matrix (a parent) are not training runs
+NOT_COMPARED = ("report", "matrix")
 
 
 def runs_from_mlflow(experiment: str, tracking_uri: str, run_ids: list[str] | None = None):
@@ -29,7 +30,7 @@ def runs_from_mlflow(experiment: str, tracking_uri: str, run_ids: list[str] | No
                 raise UserError(f"run {rid!r} not found at {tracking_uri}: {str(e)[:200]}") from e
     else:
         runs = [r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-                if r.data.tags.get(SUMMARY_TAG) != "report"]
+                if r.data.tags.get(SUMMARY_TAG) not in NOT_COMPARED]
     if not runs:
         raise UserError(f"MLflow experiment {experiment!r} has no runs to compare")
     rows, histories = [], {}

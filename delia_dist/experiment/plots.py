@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import atomic
 from .tables import ALIGN, EVAL_LABELS, lower_is_better, source_names, token_label
 
 
@@ -37,6 +38,12 @@ def _token_scale(max_tokens: float) -> tuple[float, str]:
         if max_tokens >= div:
             return div, unit
     return 1.0, ""
+
+
+def _save(fig, path: Path, **kw) -> None:
+    """A PNG appears whole or not at all (an interrupted report leaves no truncated plot)."""
+    with atomic.open_for_write(path, "wb") as f:
+        fig.savefig(f, format="png", **kw)
 
 
 def _plt():
@@ -90,7 +97,7 @@ def plot_losses(results: list[dict], histories: dict, path: Path) -> Path | None
         if ax.lines:
             ax.legend(fontsize=8, title="run", title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -130,7 +137,7 @@ def plot_metric_vs_share(results: list[dict], path: Path) -> Path | None:
     fig.suptitle("final evaluation metrics against the diverse-data share (one point per run)", fontsize=11)
     legend_rows = -(-len(labels) // 5)
     fig.tight_layout(rect=(0, min(0.35, (0.05 + 0.035 * legend_rows) * 3 / (nrows + 2)), 1, 1))
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -168,7 +175,7 @@ def plot_alignment(results: list[dict], histories: dict, path: Path) -> Path | N
                title_fontsize=8)
     fig.suptitle("new special token vs keyword: distance of their hidden states", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _save(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

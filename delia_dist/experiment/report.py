@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import atomic
 from .mlflow_runs import SUMMARY_TAG, runs_from_mlflow
 from .plots import plot_alignment, plot_losses, plot_metric_vs_share
 from .tables import comparison_table, markdown_table, norm, terminal_width, with_derived
@@ -50,8 +51,8 @@ def write_report(results: list[dict], out_dir: str | Path, histories: dict | Non
           "evaluations when it differs from the final one; d(token,keyword)_lN: distance at layer N "
           "(lower = closer); time_s: wall time of the MLflow run; gpu_h: time_s x ranks / 3600.", ""]
     md += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    atomic.write_text(out / "report.md", "\n".join(md) + "\n")
+    atomic.write_text(out / "results.json", json.dumps(results, indent=1))
     return out / "report.md"
 
 

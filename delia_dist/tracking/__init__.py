@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import atomic
 from ..redact import redact, redact_text
+from . import ui_tags
 from .common import MAX_PARAM_LEN, clean_name, default_uri, flatten, is_local, is_permanent, tag_event
 from .eventlog import EventLog
 from .outbox import Outbox, recorded_run, run_file
@@ -96,6 +97,8 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._uri = default_uri(self.cfg, self.run_dir)
         all_tags = {k: str(v) for k, v in {**self.cfg.tags, **(tags or {})}.items()}
+        if self.cfg.parent_run_id:
+            all_tags[ui_tags.PARENT_RUN] = self.cfg.parent_run_id
         self._events.open()
         self._sender = Sender(self.cfg, self._uri, self.run_dir, self._events, self._run, self._outbox,
                               redact(config), all_tags)
@@ -148,6 +151,11 @@ class Tracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.enabled:
             self._events.put(tag_event(tags))
+
+    def log_datasets(self, datasets: list[dict]) -> None:
+        """Run inputs (datasets.source_datasets): the runs table's Dataset column."""
+        if self.enabled and datasets:
+            self._events.put({"inputs": datasets})
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a file or directory; text files are scrubbed of secrets on a staged copy."""

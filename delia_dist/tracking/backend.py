@@ -48,11 +48,19 @@ class MlflowBackend:
         http = uri.startswith(("http://", "https://"))
         self.store = _rest_store(uri, http_timeout_s) if http else self.client._tracking_client.store
 
-    def experiment_id(self, name: str, artifact_location: str | None) -> str:
+    def experiment_id(self, name: str, artifact_location: str | None, tags: dict[str, str]) -> str:
+        """The experiment's id, created with `tags` if new; an existing experiment (an older
+        store) keeps its artifact location and gets only the tags it lacks."""
+        from mlflow.entities import ExperimentTag
+
         exp = self.store.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        return self.store.create_experiment(name, artifact_location=artifact_location)
+        if exp is None:
+            return self.store.create_experiment(name, artifact_location=artifact_location,
+                                                tags=[ExperimentTag(k, v) for k, v in tags.items()])
+        for k, v in tags.items():
+            if k not in exp.tags:
+                self.store.set_experiment_tag(exp.experiment_id, ExperimentTag(k, v))
+        return exp.experiment_id
 
     def create_run(self, experiment_id: str, run_name: str | None) -> str:
         try:
@@ -83,6 +91,15 @@ class MlflowBackend:
         from mlflow.entities import RunTag
 
         self.store.set_tag(run_id, RunTag(key, value))
+
+    def log_inputs(self, run_id: str, datasets: list[dict]) -> None:
+        """datasets as made by datasets.source_datasets; the role becomes the input's context."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        self.store.log_inputs(run_id, datasets=[
+            DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"], profile=d["profile"]),
+                         tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["role"])]) for d in datasets])
 
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None) -> None:
         self.client.log_artifact(run_id, path, artifact_path)

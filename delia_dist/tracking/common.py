@@ -53,6 +53,17 @@ def store_dir(cfg, run_dir: Path) -> Path | None:
     return None if "://" in uri else Path(uri)
 
 
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Where a new experiment in an sqlite store keeps its artifacts: a directory of its own
+    beside the store (<run_dir>/mlartifacts/<experiment>), not inside one run's directory, so
+    removing a run's directory loses no other run's artifacts. Servers and file stores
+    choose for themselves (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts" / clean_name(experiment).replace("/", "_")).resolve().as_uri()
+
+
 def is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 

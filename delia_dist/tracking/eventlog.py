@@ -154,7 +154,7 @@ class EventLog:
                     break
                 try:
                     event = json.loads(line)
-                    ok = isinstance(event, dict) and ("m" in event or "tags" in event or "artifact" in event)
+                    ok = isinstance(event, dict) and any(k in event for k in ("m", "tags", "inputs", "artifact"))
                 except ValueError:
                     ok = False
                 if not ok:

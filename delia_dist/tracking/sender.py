@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from .. import atomic
 from ..redact import redact_text
-from . import common
-from .common import clean_name, flatten, is_local, is_permanent, run_gone, tag_event
+from . import common, ui_tags
+from .common import artifact_root, clean_name, flatten, is_permanent, run_gone, tag_event
 from .eventlog import EventLog
 from .outbox import Outbox, record_run
 
@@ -203,6 +203,10 @@ class Sender:
                 self._send([(k, v)], lambda items: self._backend.set_tag(run_id, *items[0]),
                            lambda t: f"tag {t[0]!r}")
             return
+        if "inputs" in event:
+            self._send(event["inputs"], lambda items: self._backend.log_inputs(run_id, items),
+                       lambda d: f"dataset {d['name']!r}")
+            return
         path = Path(event["artifact"])
         if not path.exists():
             log.warning("artifact %s vanished before upload; skipped", path)
@@ -215,8 +219,9 @@ class Sender:
     def _open_run(self) -> None:
         config, tags = self._start
         if self.run.run_id is None:
-            location = (self.run_dir / "mlartifacts").resolve().as_uri() if is_local(self.uri) else None
-            self.run.experiment_id = self._backend.experiment_id(self.cfg.experiment, location)
+            self.run.experiment_id = self._backend.experiment_id(
+                self.cfg.experiment, artifact_root(self.uri, self.cfg.experiment),
+                {ui_tags.EXPERIMENT_KIND: ui_tags.MODEL_TRAINING})
             self.run.run_id = self._backend.create_run(self.run.experiment_id, self.cfg.run_name or config.get("name"))
             self._config_pending = True
             record_run(self.run_dir, self.run.run_id, self.run.experiment_id, self.uri)

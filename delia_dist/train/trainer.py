@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,14 +67,6 @@ def _param_groups(module, weight_decay: float):
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class MetricsLog:
@@ -174,13 +165,18 @@ class Trainer:
 
     def fit(self, stop_requested: Callable[[], bool]) -> TrainResult:
         cfg, env, state = self.cfg, self.env, self.state
+        from ..tracking.datasets import source_datasets
+        from ..tracking.ui_tags import source_tags
+
         if env.is_main:
             for line in self.mix.lines():
                 log.info("data: %s", line)
         self.tracker.start({**to_dict(cfg), "mix": self.mix.params()}, tags={
-            "git_commit": _git_commit() or "unknown", "model": cfg.model.name_or_path or "from-config",
+            **source_tags("delia train", job=env.launcher == "slurm"), "model": cfg.model.name_or_path or "from-config",
             "world_size": str(env.world_size), "nodes": str(env.num_nodes), "device": self.device,
             "finetune": cfg.model.finetune, "launcher": env.launcher, "restart_count": str(env.restart_count)})
+        if env.is_main:
+            self.tracker.log_datasets(source_datasets(cfg.data.sources))
         if self.resumed_from is None:
             start = {"step": 0, "vocab/new_rows": self.token_report["new_vocab"] - self.token_report["old_vocab"],
                      "params/max_rank_fraction": distributed.max_over_ranks(_local_param_fraction(self.wrapper))}

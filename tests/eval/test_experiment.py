@@ -61,3 +61,64 @@ def test_local_and_slurm_commands(repo_root, tmp_path, monkeypatch):
         train_run(cfg_path, over, cfg, run_dir, 2)
     record = (tmp_path / "record").read_text()
     assert f"DELIA_OVERRIDES={' '.join(over)}\n" in record and "--job-name=delia-baseline" in record
+
+
+def _tiny(repo_root, tmp_path, *over):
+    from delia_dist.config import load_config
+    return load_config(repo_root / "configs/tiny_cpu.yaml", [f"run_dir={tmp_path / 'm'}", "tracking.system_metrics=false",
+                                                            *over], check_paths=False)
+
+
+def test_child_tags_name_base_run_seed_and_overrides(repo_root, tmp_path):
+    from types import SimpleNamespace
+
+    from delia_dist.experiment.run_tracking import child_tags
+    cfg = _tiny(repo_root, tmp_path, "train.seed=2")
+    over = ["data.sources.diverse.weight=0.5", "train.seed=2", "train.max_steps=3", f"run_dir={tmp_path}/x",
+            "tracking.uri=sqlite:///x.db", "tracking.run_name=delia-1x-s2"]
+    plain = child_tags("delia-1x-s2", over, ["train.max_steps=3"], cfg, "c.yaml", "a" * 32)
+    assert plain["delia.run"] == "delia-1x-s2" and "delia.seed" not in plain  # no experiment.seeds: a plain name
+    assert plain["mlflow.parentRunId"] == "a" * 32 and plain["delia.kind"] == "run"
+    note = plain["mlflow.note.content"]
+    assert note.startswith("**delia-1x-s2**: `c.yaml` with\n- `data.sources.diverse.weight=0.5`\n- `train.seed=2`")
+    assert "for every run of the matrix:\n- `train.max_steps=3`" in note and "run_dir" not in note and "x.db" not in note
+    # experiment.seeds (engineer "matrix") repeats each run as <name>-s<seed> with train.seed set.
+    seeded = SimpleNamespace(experiment=SimpleNamespace(seeds=[0, 1, 2]), train=cfg.train)
+    tags = child_tags("delia-1x-s2", over, [], seeded, "c.yaml", None)
+    assert (tags["delia.run"], tags["delia.seed"]) == ("delia-1x", "2") and "mlflow.parentRunId" not in tags
+
+
+def test_parent_run_is_new_per_invocation_and_reopened_on_resume(repo_root, tmp_path):
+    import mlflow
+
+    from delia_dist.experiment.run_tracking import matrix_parent
+    cfg = _tiny(repo_root, tmp_path)
+    plan = plan_runs(str(repo_root / "configs/tiny_cpu.yaml"), [f"run_dir={tmp_path / 'm'}"], check_paths=False)
+    ids = []
+    for resume in (False, True, False):
+        with matrix_parent(cfg, "configs/tiny_cpu.yaml", plan, [], resume) as parent:
+            ids.append(parent.run_id)
+    assert ids[0] == ids[1] != ids[2] and None not in ids
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/m/mlflow.db")
+    run = client.get_run(ids[0])
+    assert run.info.run_name == "tiny-delia" and run.info.status == "FINISHED"
+    assert run.data.tags["delia.kind"] == "matrix" and run.data.params["train.lr"] == "0.003"
+    assert f"| {plan[0][0]} | `data.sources.diverse.weight=0.0`" in run.data.tags["mlflow.note.content"]
+    assert client.get_experiment(run.info.experiment_id).artifact_location == (tmp_path / "m/mlartifacts/tiny-delia").as_uri()
+
+
+def test_a_failed_run_is_described_and_marked_failed(repo_root, tmp_path):
+    """The trainer created the run, then training failed: the run is FAILED, in its group."""
+    import mlflow
+
+    from delia_dist.experiment.run_tracking import mark_failed
+    from delia_dist.tracking import Tracker
+    cfg = _tiny(repo_root, tmp_path, f"tracking.uri=sqlite:///{tmp_path}/m/mlflow.db")  # as plan_runs sets it
+    run_dir = tmp_path / "m" / "baseline"
+    trainer = Tracker(cfg.tracking, run_dir)
+    trainer.start({}, tags={})  # records <run_dir>/mlflow-run.json, as the trainer's rank 0 does
+    trainer.close("RUNNING")  # the trainer died: its run is left RUNNING
+    mark_failed(cfg, run_dir, {"mlflow.parentRunId": "b" * 32, "delia.run": "baseline"})
+    run = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/m/mlflow.db").get_run(trainer.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["mlflow.parentRunId"] == "b" * 32
+    mark_failed(cfg, tmp_path / "m" / "never-started", {})  # no run recorded: nothing to do

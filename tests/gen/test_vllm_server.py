@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from portutil import free_port
 
 from delia_dist.gen.vllm_worker import REPO, gen_python
+from delia_dist.health import ServerNotReady, wait_healthy
 
 pytestmark = pytest.mark.skipif(not gen_python().exists(),
                                 reason="vLLM environment absent (scripts/install.sh --gen makes .venv-gen)")
@@ -29,19 +28,11 @@ def vllm_server(model_dir):
                             env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TORCHDYNAMO_DISABLE": "1",
                                  "PYTHONPATH": str(REPO)}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
     try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail("vLLM server exited: " + (model / "server.log").read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("vLLM server did not start in 240 s: " + (model / "server.log").read_text()[-3000:])
+        try:
+            wait_healthy(f"{url}/health", 240, alive=lambda: proc.poll() is None, log=model / "server.log")
+        except ServerNotReady as e:
+            pytest.fail(str(e))
         yield url + "/v1"
     finally:
         os.killpg(proc.pid, 9)

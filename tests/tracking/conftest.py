@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from portutil import free_port
+
+from delia_dist.health import wait_healthy
 
 
 class MlflowServer:
@@ -29,17 +29,8 @@ class MlflowServer:
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT,
             env={**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"}, start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-            if self.proc.poll() is not None:
-                break
-        raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+        wait_healthy(f"{self.uri}/health", timeout, alive=lambda: self.proc.poll() is None,
+                     log=self.root / "server.log")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

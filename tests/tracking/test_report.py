@@ -34,6 +34,11 @@ def fabricate(tmp_path, name: str, share: float, bleu: list[float], steps: int =
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
+    # A `delia experiment` parent run first (oldest): it has no metrics and is no row of the comparison.
+    parent = Tracker(TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", experiment="cmp", run_name="matrix",
+                                    system_metrics=False), root / "_matrix")
+    parent.start({}, tags={"delia.kind": "matrix"})
+    parent.close()
     ids = {"baseline": fabricate(root, "baseline", 0.0, [10.0]),
            "delia": fabricate(root, "delia", 0.75, [13.0, 12.5])}
     return root, f"sqlite:///{root}/mlflow.db", ids
@@ -47,7 +52,7 @@ def test_report_table_and_plots(store, capsys):
     header = lines[0].split()
     assert header[:4] == ["run", "steps", "diverse_share", "Mtok"]
     rows = {l.split()[0]: dict(zip(header, l.split())) for l in lines[2:4]}
-    assert set(rows) == {"baseline", "delia"}
+    assert set(rows) == {"baseline", "delia"} and not lines[4].startswith("matrix")
     assert rows["baseline"]["BLEU"] == "10.000" and rows["delia"]["BLEU"] == "12.500"
     assert rows["delia"]["best_BLEU"] == "13.000" and rows["baseline"]["best_BLEU"] == "-"
     assert rows["delia"]["steps"] == "40" and rows["delia"]["diverse_share"] == "0.750"

@@ -48,7 +48,7 @@ def test_sqlite_default_one_run_params_metrics_artifacts_and_resume(tmp_path, re
 
     cfg = load_config(repo_root / "configs/tiny_cpu.yaml")
     t = Tracker(TrackingConfig(experiment="unit", system_metrics=False), tmp_path, enabled=True)
-    t.start(to_dict(cfg), tags={"world_size": "2", "git_commit": "abc123"})
+    t.start(to_dict(cfg), tags={"world_size": "2", "model": "tiny"})
     assert t.run_id is not None  # the local store answers within start()
     for step in range(1, 4):
         t.log_metrics({"loss": 1.0 / step, "loss/diverse": 2.0 / step, "align/<sep>/json/l0": 0.5}, step)
@@ -70,7 +70,7 @@ def test_sqlite_default_one_run_params_metrics_artifacts_and_resume(tmp_path, re
     assert run.data.params["train.lr"] == "0.003"
     assert run.data.params["data.sources.diverse.weight"] == "0.8"
     assert run.data.params["model.new_tokens.0.token"] == "<sep>"  # a special token is no secret
-    assert run.data.tags["world_size"] == "2" and run.data.tags["git_commit"] == "abc123"
+    assert run.data.tags["world_size"] == "2" and run.data.tags["model"] == "tiny"
     assert run.data.tags["last_checkpoint"] == "/ckpt/step_3" and run.info.status == "FINISHED"
     assert history(client, run.info.run_id, "loss/diverse") == [(1, 2.0), (2, 1.0), (3, pytest.approx(2 / 3))]
     assert "align/_sep_/json/l0" in run.data.metrics

@@ -36,9 +36,15 @@ def test_two_rank_training_logs_one_run_and_resume_continues_it(tmp_path, mlflow
             "tokens_per_s", "packing_efficiency", "align/_sep_/json/l0", "params/max_rank_fraction"} <= m.keys()
     assert run.data.params["data.sources.diverse.weight"] == "0.8" and run.data.tags["world_size"] == "2"
     assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    # What the UI's runs table shows: the data sources with their role, the commit, the command.
+    inputs = {d.dataset.name: d.tags[0].value for d in run.inputs.dataset_inputs}
+    assert inputs == {"diverse": "diverse", "downstream": "downstream"}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == head and run.data.tags["mlflow.source.name"] == "delia train"
 
     train(tmp_path, mlflow_server.uri, 8)  # resumes from step 4 (checkpoint.resume=auto)
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id
+    assert len(runs[0].inputs.dataset_inputs) == 2  # logged again by the resumed job, stored once
     steps = [x.step for x in client.get_metric_history(run.info.run_id, "loss")]
     assert steps == sorted(steps) and steps[-1] == 8 and len(set(steps)) == len(steps)
