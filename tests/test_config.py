@@ -127,6 +127,18 @@ def test_deepspeed_render_zero3():
     assert ds["optimizer"]["params"]["torch_adam"] is True
 
 
+def test_adam_fused_reaches_torch_adamw_and_needs_torch_adam():
+    base = ["model.name_or_path=x/y", "data.sources=[{name: a, shards: s, weight: 1}]"]
+    cfg = load_config(None, base + ["deepspeed.torch_adam=true", "deepspeed.adam_fused=true"])
+    t = cfg.train
+    ds = cfg.deepspeed.render(micro_batch_size=1, grad_accum=1, world_size=2, precision="bf16", lr=t.lr,
+                              betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, grad_clip=t.grad_clip)
+    # DeepSpeed passes the optimizer params it does not know on to torch.optim.AdamW.
+    assert ds["optimizer"]["params"]["fused"] is True
+    with pytest.raises(ConfigError, match="adam_fused.*torch_adam: true"):
+        load_config(None, base + ["deepspeed.adam_fused=true"])
+
+
 def test_cli_prints_resolved_config_and_fails_cleanly(repo_root):
     cmd = [sys.executable, "-m", "delia_dist.cli", "config", "show", "configs/llama3_70b.yaml"]
     ok = subprocess.run(cmd + ["--set", "train.lr=1e-5"], cwd=repo_root, capture_output=True, text=True)
