@@ -6,7 +6,10 @@
 # matmul rate; last, one-GPU training steps of Llama-1B/8B shapes (tokens/s, MFU, memory).
 # Before all that, the NCCL smoke: `delia train` of the tiny config on the GPU (NCCL, bf16,
 # fused Triton loss, ZeRO-3), checkpoint, resume, export, generate: the path no CPU test
-# can run (NCCL rejects CPU tensors; the gloo side group for host flags is used for real).
+# can run (NCCL rejects CPU tensors; the gloo side group for host flags is used for real),
+# with the GPU configs' optimizer (torch's fused AdamW: no DeepSpeed op compiled). Then
+# bench/gpu_check_70b.py: packed samples isolated under sdpa on CUDA in bf16, fused AdamW
+# on CUDA, the NCCL timeout raised and restored by distributed.longer_timeout.
 #
 #   bash bench/gpu_check.sh --fetch        # here, once: wheels into .whl/ (~19 MB)
 #   bash bench/gpu_check.sh                # on the GPU machine (carry .whl); results in $OUT
@@ -60,6 +63,7 @@ smoke() {
   rm -rf "$ws" && mkdir -p "$ws"
   python3 -c "from delia_dist.data.synth import prepare_workspace; prepare_workspace('$ws/runs/tiny', n_train=80, n_eval=8, n_diverse=600)"
   local sets=(--set train.precision=bf16 --set model.dtype=bfloat16 --set loss.impl=fused --set tracking.enabled=false
+              --set deepspeed.torch_adam=true --set deepspeed.adam_fused=true
               --set checkpoint.every_steps=10 --set tracking.log_every=5 --set eval.every_steps=10)
   ( set -e
     cd "$ws"
@@ -98,6 +102,12 @@ smoke
 smoke_rc=$?
 set -e
 echo "[gpu_check] NCCL smoke exit $smoke_rc"
+echo "[gpu_check] 70B path: packed sdpa on CUDA, fused AdamW, NCCL timeout during checkpoint I/O"
+set +e
+python3 bench/gpu_check_70b.py 2>&1 | tee "$OUT/gpu_check_70b.log"
+check70_rc=${PIPESTATUS[0]}
+set -e
+[ "$smoke_rc" = 0 ] && smoke_rc=$check70_rc
 if [ "${1:-}" = --smoke-only ]; then
   exit "$smoke_rc"
 fi

@@ -15,9 +15,11 @@ Two kinds of collective, each on the group that suits its data:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,8 @@ DEFAULT_RENDEZVOUS_TIMEOUT_S = 1800.0
 
 _host_group = None  # gloo group for host values; None means the default group
 _device: torch.device | None = None  # the device the default group's collectives use
+_timeout_s: float | None = None  # the collective timeout given to init
+_io_timeout_s: float = 0.0  # what collectives may wait inside a checkpoint save or load
 
 
 def init(env, timeout_s: float = 600.0, rendezvous_timeout_s: float | None = None,
@@ -39,7 +43,7 @@ def init(env, timeout_s: float = 600.0, rendezvous_timeout_s: float | None = Non
     $DELIA_RENDEZVOUS_TIMEOUT, else 30 minutes. `backend` overrides the choice
     (nccl on GPUs, gloo on CPU), e.g. for tests that need a group rejecting CPU tensors.
     """
-    global _host_group, _device
+    global _host_group, _device, _timeout_s
     os.environ.update(env.torch_env())
     if torch.cuda.is_available():
         # device_index: 0 when Slurm binds one GPU per task, else the local rank.
@@ -66,7 +70,7 @@ def init(env, timeout_s: float = 600.0, rendezvous_timeout_s: float | None = Non
         # DeepSpeed adopts the group above instead of starting its own.
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(seconds=timeout_s))
-    _device = torch.device(device)
+    _device, _timeout_s = torch.device(device), timeout_s
     _host_group = None if dist.get_backend() == "gloo" else dist.new_group(
         backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
     return device
@@ -79,6 +83,41 @@ def _rendezvous_store(env, timeout_s: float) -> dist.TCPStore:
     return dist.TCPStore(env.master_addr, env.master_port, env.world_size,
                          is_master=env.rank == 0 and not agent,
                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=not agent)
+
+
+@contextlib.contextmanager
+def longer_timeout(seconds: float) -> Iterator[None]:
+    """Collectives on every group wait up to `seconds` (never less than init's timeout) inside
+    the block: a checkpoint save or a model load keeps ranks in one barrier for as long as the
+    filesystem takes, which at 70B is minutes. Local: each rank enters it at the same point
+    of the program, so no collective is needed to agree on it."""
+    if not dist.is_initialized() or _timeout_s is None or seconds <= _timeout_s:
+        yield
+        return
+    from torch.distributed.distributed_c10d import _set_pg_timeout
+    groups = [None] + ([_host_group] if _host_group is not None else [])
+    for g in groups:
+        _set_pg_timeout(datetime.timedelta(seconds=seconds), g)
+    try:
+        yield
+    finally:
+        for g in groups:
+            _set_pg_timeout(datetime.timedelta(seconds=_timeout_s), g)
+
+
+def set_io_timeout(seconds: float) -> None:
+    """The bound under_io_timeout applies, from the plan's bytes / filesystem bandwidth."""
+    global _io_timeout_s
+    _io_timeout_s = seconds
+
+
+def under_io_timeout(fn):
+    """Decorator for checkpoint save and load entry points: run under set_io_timeout's bound."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with longer_timeout(_io_timeout_s):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def rank() -> int:
@@ -155,10 +194,10 @@ def all_gather_object(obj) -> list:
 def teardown() -> None:
     """Destroy the process group; the launcher then exits with os._exit, because gloo's
     background threads otherwise crash the interpreter at exit now and then."""
-    global _host_group, _device
+    global _host_group, _device, _timeout_s
     if dist.is_initialized():
         try:
             dist.barrier(group=_host_group)
         finally:
             dist.destroy_process_group()
-            _host_group, _device = None, None
+            _host_group, _device, _timeout_s = None, None, None

@@ -93,3 +93,28 @@ def choose_gloo_interface(master_addr: str, num_nodes: int,
         return f"gloo on the hostname's address (no interface holds {src}, the source toward {master_addr})"
     environ["GLOO_SOCKET_IFNAME"] = name
     return f"gloo on {name} (route to {master_addr})"
+
+
+def interface_names() -> list[str]:
+    """Every interface on this node, with or without an address."""
+    return sorted(name for _, name in socket.if_nameindex())
+
+
+def ifname_problem(var: str, value: str, names: Optional[list[str]] = None) -> Optional[str]:
+    """Why the setting `var`=`value` names no interface on this node, or None if it does.
+    NCCL_SOCKET_IFNAME is a comma list of prefixes ('=' first: exact names; '^' first: the
+    ones to exclude); GLOO_SOCKET_IFNAME is a comma list of exact names, each of which must exist."""
+    names = interface_names() if names is None else names
+    here = f"this node has {', '.join(names)}"
+    if not var.startswith("NCCL"):
+        missing = [p for p in value.split(",") if p and p not in names]
+        return f"{var}={value}: no interface {', '.join(missing)} ({here})" if missing else None
+    body, exclude = (value[1:], True) if value.startswith("^") else (value, False)
+    body, exact = (body[1:], True) if body.startswith("=") else (body, False)
+    patterns = [p for p in body.split(",") if p]
+    hits = [n for n in names if any(n == p if exact else n.startswith(p) for p in patterns)]
+    if exclude and len(hits) == len(names):
+        return f"{var}={value} excludes every interface ({here})"
+    if not exclude and not hits:
+        return f"{var}={value} matches no interface ({here})"
+    return None

@@ -24,10 +24,14 @@
 #   DELIA_DIST_TIMEOUT  seconds a collective waits for a dead peer before the job fails (600)
 #   DELIA_RENDEZVOUS_TIMEOUT  seconds the ranks wait for each other at start-up (1800): 64 ranks
 #                    importing torch from a shared filesystem start minutes apart
-#   DELIA_PREFLIGHT  what the job does with `delia plan`'s verdict before srun starts the ranks:
-#                    warn (default: print the plan, go on), strict (stop when it does not fit),
-#                    off (skip). The GPU type comes from nvidia-smi, or DELIA_PLAN_GPU
-#                    (h100-80gb, a100-80gb, h200); CPU jobs skip it.
+#   DELIA_PREFLIGHT  what the job does with `delia plan`'s verdict and `delia preflight`'s checks
+#                    (attention, DeepSpeed ops, model + tokenizer, disk, timeouts, interfaces)
+#                    before srun starts the ranks: warn (default: print them, go on), strict (stop
+#                    when the plan does not fit or a check fails), off (skip both). The GPU type
+#                    comes from nvidia-smi, or DELIA_PLAN_GPU (h100-80gb, a100-80gb, h200); CPU
+#                    jobs skip the plan and the step-time checks.
+#   DELIA_PREEMPT_LEAD  seconds between the USR1 warning and the time limit, as in the script's
+#                    --signal=B:USR1@N (600); preflight checks that a checkpoint save fits in it
 #   GLOO_SOCKET_IFNAME  the interface for gloo (the side group that carries per-step host
 #                    values beside NCCL); by default each rank takes the interface that routes
 #                    to the master (launcher/netif.py) and prints it in its start-up line
@@ -95,34 +99,48 @@ delia_gpu_kind() {
 }
 
 # `delia plan` for this allocation, printed into the job log before 64 ranks load a 70B
-# model: what each GPU will hold, tokens/s, hours, checkpoint sizes. A plan that does not fit
-# is a warning (the estimate can be off), or the end of the job with DELIA_PREFLIGHT=strict.
+# model: what each GPU will hold, tokens/s, hours, checkpoint sizes and seconds. Then `delia
+# preflight`: what would stop the job in its first minutes, one line per check. A plan that
+# does not fit or a failed check is a warning (the estimate can be off), or the end of the
+# job with DELIA_PREFLIGHT=strict.
 delia_preflight() {
-  local mode=${DELIA_PREFLIGHT:-warn} gpu gpn rc=0
+  local mode=${DELIA_PREFLIGHT:-warn} gpu gpn rc=0 checks=()
   case "$mode" in
     off) return 0 ;;
     warn | strict) ;;
     *) echo "[delia] DELIA_PREFLIGHT=$mode: use warn, strict or off" >&2; return 1 ;;
   esac
   gpu=${DELIA_PLAN_GPU:-$(delia_gpu_kind)}
-  if [ -z "$gpu" ]; then
-    echo "[delia] preflight: no GPU type known on this node (CPU job, or set DELIA_PLAN_GPU); plan skipped"
-    return 0
-  fi
   gpn=${SLURM_NTASKS_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}}
   gpn=${gpn%%(*}  # "8(x8)" from a heterogeneous layout: the first node's count
-  echo "[delia] preflight: delia plan on ${SLURM_JOB_NUM_NODES:-1} x $gpn $gpu"
-  "$PYTHON" -m delia_dist.cli plan "$DELIA_CONFIG" --nodes "${SLURM_JOB_NUM_NODES:-1}" \
-    --gpus-per-node "$gpn" --gpu "$gpu" "${DELIA_SET_ARGS[@]}" || rc=$?
-  if [ "$rc" -eq 1 ]; then
+  if [ -z "$gpu" ]; then
+    echo "[delia] preflight: no GPU type known on this node (CPU job, or set DELIA_PLAN_GPU); plan skipped"
+  else
+    echo "[delia] preflight: delia plan on ${SLURM_JOB_NUM_NODES:-1} x $gpn $gpu"
+    "$PYTHON" -m delia_dist.cli plan "$DELIA_CONFIG" --nodes "${SLURM_JOB_NUM_NODES:-1}" \
+      --gpus-per-node "$gpn" --gpu "$gpu" "${DELIA_SET_ARGS[@]}" || rc=$?
+    if [ "$rc" -eq 1 ]; then
+      if [ "$mode" = strict ]; then
+        echo "[delia] preflight: the plan says this does not fit (above); stopping (DELIA_PREFLIGHT=strict)" >&2
+        return 1
+      fi
+      echo "[delia] preflight: WARNING: the plan says this does not fit (above); starting anyway" \
+           "(DELIA_PREFLIGHT=strict stops here)" >&2
+    elif [ "$rc" -ne 0 ]; then
+      echo "[delia] preflight: delia plan could not run (exit $rc, above); starting anyway" >&2
+    fi
+    checks=(--gpu "$gpu")
+  fi
+  [ "$mode" = strict ] && checks+=(--strict)
+  rc=0
+  "$PYTHON" -m delia_dist.cli preflight "$DELIA_CONFIG" --nodes "${SLURM_JOB_NUM_NODES:-1}" \
+    --gpus-per-node "$gpn" "${checks[@]}" "${DELIA_SET_ARGS[@]}" || rc=$?
+  if [ "$rc" -ne 0 ]; then
     if [ "$mode" = strict ]; then
-      echo "[delia] preflight: the plan says this does not fit (above); stopping (DELIA_PREFLIGHT=strict)" >&2
+      echo "[delia] preflight: checks failed (above); stopping (DELIA_PREFLIGHT=strict)" >&2
       return 1
     fi
-    echo "[delia] preflight: WARNING: the plan says this does not fit (above); starting anyway" \
-         "(DELIA_PREFLIGHT=strict stops here)" >&2
-  elif [ "$rc" -ne 0 ]; then
-    echo "[delia] preflight: delia plan could not run (exit $rc, above); starting anyway" >&2
+    echo "[delia] preflight: delia preflight could not run (exit $rc, above); starting anyway" >&2
   fi
   return 0
 }
@@ -136,7 +154,10 @@ delia_train() {
   # Trapped before srun starts: an untrapped USR1 would end this shell, and the job with it.
   trap 'interrupted=1; echo "[delia] preemption signal: asking the ranks to checkpoint"; [ -z "$srun_pid" ] || kill -USR1 "$srun_pid" 2>/dev/null' USR1 TERM
   # Slurm 22.05+ no longer passes the job's --cpus-per-task on to srun by itself.
-  srun --kill-on-bad-exit=0 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} "${cmd[@]}" &
+  # --kill-on-bad-exit=1: the first rank that exits non-zero ends the step. Its peers would
+  # otherwise sit in an NCCL collective until the collective timeout (minutes; longer inside
+  # a checkpoint save) before the job ends. The failed rank has printed its one-line cause.
+  srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} "${cmd[@]}" &
   srun_pid=$!
   # A signal that came while srun was being started is passed on now.
   if [ "$interrupted" = 1 ]; then

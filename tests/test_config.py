@@ -90,11 +90,18 @@ def test_proportions_must_sum_to_one(tmp_path):
 
 
 def test_path_that_does_not_exist(tmp_path):
-    path = write(tmp_path, BASE.replace("meta-llama/Meta-Llama-3-8B", str(tmp_path / "no-model")))
+    text = BASE.replace("meta-llama/Meta-Llama-3-8B", str(tmp_path / "no-model"))
+    text = text.replace("/data/", f"{tmp_path}/data/")
+    path = write(tmp_path, text)
     load_config(path)  # paths are only required when the config is used
     with pytest.raises(ConfigError, match=r"model.name_or_path: path does not exist: .*no-model"):
         load_config(path, check_paths=True)
     (tmp_path / "no-model").mkdir()
+    with pytest.raises(ConfigError, match=r"cfg.yaml:\d+: data.sources.0.shards: no shards at .*/data/d/manifest.json"):
+        load_config(path, check_paths=True)
+    for d in ("d", "t"):
+        (tmp_path / "data" / d).mkdir(parents=True)
+        (tmp_path / "data" / d / "manifest.json").write_text("{}")
     load_config(path, check_paths=True)
 
 
@@ -125,6 +132,18 @@ def test_deepspeed_render_zero3():
     assert ds["train_batch_size"] == 64
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is True
     assert ds["optimizer"]["params"]["torch_adam"] is True
+
+
+def test_adam_fused_reaches_torch_adamw_and_needs_torch_adam():
+    base = ["model.name_or_path=x/y", "data.sources=[{name: a, shards: s, weight: 1}]"]
+    cfg = load_config(None, base + ["deepspeed.torch_adam=true", "deepspeed.adam_fused=true"])
+    t = cfg.train
+    ds = cfg.deepspeed.render(micro_batch_size=1, grad_accum=1, world_size=2, precision="bf16", lr=t.lr,
+                              betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, grad_clip=t.grad_clip)
+    # DeepSpeed passes the optimizer params it does not know on to torch.optim.AdamW.
+    assert ds["optimizer"]["params"]["fused"] is True
+    with pytest.raises(ConfigError, match="adam_fused.*torch_adam: true"):
+        load_config(None, base + ["deepspeed.adam_fused=true"])
 
 
 def test_cli_prints_resolved_config_and_fails_cleanly(repo_root):

@@ -86,6 +86,7 @@ class CheckpointManager:
             raise FileNotFoundError(f"checkpoint {path} does not exist or is incomplete (no COMPLETE marker)")
         return path
 
+    @distributed.under_io_timeout
     def save(self, engine, step: int, rank_state: dict, shared_state: dict, tokenizer) -> Path:
         """Collective: every rank calls it. Returns the final directory."""
         tag = f"step_{step}"
@@ -127,6 +128,7 @@ class CheckpointManager:
             shutil.rmtree(p, ignore_errors=True)
 
     @staticmethod
+    @distributed.under_io_timeout
     def load(engine, path: Path, load_optimizer: bool = True) -> tuple[dict, dict]:
         """Collective: restores the engine; returns (this rank's state, shared state).
         At another world size the model and optimizer go through DeepSpeed's universal

@@ -22,14 +22,20 @@ class DeepSpeedConfig:
     stage3_max_live_parameters: int = 1_000_000_000
     stage3_max_reuse_distance: int = 1_000_000_000
     gather_16bit_weights_on_model_save: bool = False
-    # torch's AdamW needs no compiled op (CPU CI) and resumes bit-exactly.
+    # torch's AdamW needs no compiled op (CPU CI, and GPU nodes without nvcc: DeepSpeed's
+    # FusedAdam JIT-compiles on every rank at initialize) and resumes bit-exactly.
     torch_adam: bool = False
+    # With torch_adam: torch's fused AdamW kernel (one launch for all tensors on CUDA) instead
+    # of its foreach path.
+    adam_fused: bool = False
     # Raw keys merged last into the rendered JSON, for settings not modelled here.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.offload_param != "none" and self.stage != 3:
             raise ConfigValueError("offload_param", "parameter offload needs stage 3")
+        if self.adam_fused and not self.torch_adam:
+            raise ConfigValueError("adam_fused", "is torch's fused AdamW: set torch_adam: true too")
 
     def render(self, *, micro_batch_size: int, grad_accum: int, world_size: int, precision: str,
                lr: float, betas: list[float], eps: float, weight_decay: float,
@@ -62,7 +68,8 @@ class DeepSpeedConfig:
             "zero_optimization": zero,
             "optimizer": {"type": "AdamW", "params": {
                 "lr": lr, "betas": list(betas), "eps": eps, "weight_decay": weight_decay,
-                **({"torch_adam": True} if self.torch_adam else {})}},
+                **({"torch_adam": True} if self.torch_adam else {}),
+                **({"fused": True} if self.adam_fused else {})}},
             "bf16": {"enabled": precision == "bf16"},
             "fp16": {"enabled": precision == "fp16"},
             "steps_per_print": 10**9,

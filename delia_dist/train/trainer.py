@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import atomic, distributed, storage
-from ..checkpoint import elastic, room
+from ..checkpoint import elastic, io_bound, room
 from ..checkpoint.manager import CheckpointManager, rng_state, set_rng_state
 from ..config import Config, config_from_dict, to_dict
 from .state import MetricsWindow, TrainState
@@ -127,13 +127,15 @@ class Trainer:
 
         ds_config = ds_config_for(cfg, world)
         self.tokenizer = load_tokenizer(cfg.model)
-        model, self.token_report = build_model(cfg.model, self.tokenizer, ds_config, cfg.train.precision,
-                                               seed=cfg.train.seed)
+        with distributed.longer_timeout(io_bound.model_load_s(cfg)):
+            model, self.token_report = build_model(cfg.model, self.tokenizer, ds_config, cfg.train.precision,
+                                                   seed=cfg.train.seed)
         self.wrapper = CausalLMWithLoss(model, cfg.loss, zero3=cfg.deepspeed.stage == 3)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=self.wrapper, model_parameters=_param_groups(self.wrapper, cfg.train.weight_decay),
             config=ds_config)
         self.engine.train()
+        distributed.set_io_timeout(io_bound.checkpoint_s(self.engine.module, cfg))
 
         self.total_steps = max_steps_for(cfg, world)
         from ..data.mix_plan import resolve_mix

@@ -136,3 +136,35 @@ def test_paper_lora_layout_counts_the_embedding_adapter(repo_root):
     no_adapter = plan(load_config(repo_root / "configs/paper/llama3_70b_sep_format.yaml",
                                   ["model.lora.target_modules=[q_proj, k_proj, v_proj, o_proj]"]), nodes=8, gpus_per_node=8)
     assert p.trainable_params - no_adapter.trainable_params in {16 * (v + hidden) for v in (vocab, vocab_rows, 128256)}
+
+
+def test_70b_checkpoint_seconds_and_cost_at_5_gbps(monkeypatch):
+    """The save/load seconds a user weighs against DELIA_DIST_TIMEOUT and the USR1 warning,
+    and the shipped interval's cost: at most 2% of training time at 5 GB/s."""
+    monkeypatch.delenv("DELIA_DIST_TIMEOUT", raising=False)
+    p = plan(cfg("llama3_70b.yaml"), nodes=8, gpus_per_node=8, gpu="h100-80gb")
+    t, st = p.checkpoint_times, p.storage_gb
+    assert t.bandwidth_gbps == 5.0
+    step_dir = st["checkpoint: whole step dir (64 ranks)"]
+    assert t.save_s == pytest.approx(step_dir / 5) and 190 < t.save_s < 205
+    assert t.model_load_s == pytest.approx(2 * p.params / GB / 5)
+    universal = st["elastic resume: universal copy (once, on disk)"]
+    assert t.elastic_load_s == pytest.approx((step_dir + 2 * universal) / 5)
+    # Collectives wait 3x the largest transfer, here well above the 600 s job timeout.
+    assert t.bound_s == pytest.approx(3 * t.elastic_load_s) and t.bound_s > 600
+    assert t.step_s == pytest.approx(p.step_tokens / p.tokens_per_s)
+    assert t.cost == pytest.approx(t.save_s / (500 * t.step_s)) and t.cost <= 0.02
+    assert "checkpoint time at 5 GB/s" in p.render() and "of training time" in p.render()
+    assert not any("every_steps" in a for a in p.advice)
+
+
+def test_checkpoint_interval_too_short_or_filesystem_slow_says_what_to_set():
+    p = plan(cfg("llama3_70b.yaml", "checkpoint.every_steps=200"), nodes=8, gpus_per_node=8)
+    assert p.checkpoint_times.cost > 0.02
+    need = p.checkpoint_times.every_steps_for()
+    assert any(f"checkpoint.every_steps: {need}" in a for a in p.advice)
+    assert p.checkpoint_times.save_s / (need * p.checkpoint_times.step_s) <= 0.02
+    slow = plan(cfg("llama3_70b.yaml", "checkpoint.fs_bandwidth_gbps=1"), nodes=8, gpus_per_node=8)
+    assert slow.checkpoint_times.save_s == pytest.approx(5 * p.checkpoint_times.save_s)
+    with pytest.raises(Exception, match="fs_bandwidth_gbps"):
+        cfg("llama3_70b.yaml", "checkpoint.fs_bandwidth_gbps=0")

@@ -136,8 +136,8 @@ class SlurmCluster:
         # ReturnToService=2: the node comes back once its slurmd registers again.
         self._wait(lambda: node in self.idle_nodes() or self._resume(node), timeout, f"{node} idle again")
 
-    def task_pids(self, job_id: str) -> list[int]:
-        """PIDs of the job's training ranks (python processes whose env names the job)."""
+    def task_pids(self, job_id: str, procid: int = 1) -> list[int]:
+        """PIDs of the job's training rank `procid` (python processes whose env names the job)."""
         pids = []
         for pid in _pids():
             try:
@@ -145,7 +145,9 @@ class SlurmCluster:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"launcher" in cmd and f"SLURM_JOB_ID={job_id}".encode() in env and b"SLURM_PROCID=1" in env:
+            # Not srun itself: its command line names the launcher too, and on the batch node
+            # it carries SLURM_PROCID=0.
+            if b"launcher" in cmd and not cmd[0].endswith(b"srun") and f"SLURM_JOB_ID={job_id}".encode() in env and f"SLURM_PROCID={procid}".encode() in env:
                 pids.append(pid)
         return pids
 

@@ -91,3 +91,19 @@ def test_preflight_reads_the_gpu_type_from_nvidia_smi_and_skips_without_one(tmp_
     smi.write_text("#!/bin/sh\nexit 9\n")  # no driver: nvidia-smi fails
     none = _preflight(PATH=path, SLURM_JOB_NUM_NODES="1")
     assert "plan skipped" in none.stdout and "preflight rc=0" in none.stdout
+
+
+def test_preflight_checks_run_after_the_plan_and_stop_only_when_strict():
+    """`delia preflight` runs on the batch node after the plan; a failed check (here: a gloo
+    interface this node lacks) is a warning, or the end of the job with DELIA_PREFLIGHT=strict."""
+    gpu = dict(DELIA_PLAN_GPU="h100-80gb", SLURM_JOB_NUM_NODES="8", SLURM_NTASKS_PER_NODE="8")
+    warn = _preflight(GLOO_SOCKET_IFNAME="nosuch0", **gpu)
+    assert warn.stdout.index("FITS: ") < warn.stdout.index("[preflight] ok   attention: sdpa")
+    assert "[preflight] FAIL network: GLOO_SOCKET_IFNAME=nosuch0: no interface nosuch0" in warn.stdout
+    assert "[preflight] ok   timeouts: save ~198 s" in warn.stdout and "preflight rc=0" in warn.stdout
+    strict = _preflight(GLOO_SOCKET_IFNAME="nosuch0", DELIA_PREFLIGHT="strict", **gpu)
+    assert "preflight rc=1" in strict.stdout and "checks failed (above); stopping" in strict.stderr
+
+
+def test_srun_ends_the_step_when_a_rank_fails():
+    assert "srun --kill-on-bad-exit=1" in (REPO / "slurm" / "common.sh").read_text()

@@ -5,9 +5,11 @@ instead of hanging, then resumes from its last complete checkpoint when resubmit
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -164,6 +166,38 @@ def test_node_cut_off_fails_within_timeout_and_resubmission_resumes(slurm, works
     text = output(workspace, name)
     assert f"resumed from runs/{name}/checkpoints/{latest}" in text
     assert f"training completed at step {last_step + 2}" in text
+
+
+def test_rank_killed_mid_step_ends_the_two_node_job_with_its_cause(slurm, workspace):
+    """Rank 1 dies (SIGKILL, as the OOM killer does) while rank 0 is stuck (SIGSTOP: on GPUs a
+    rank in an NCCL collective does not notice a dead peer before the collective timeout).
+    Before the fix (srun --kill-on-bad-exit=0) srun waited for rank 0 and the job ran on to
+    its time limit; now srun ends the step at once and the log names the failed task."""
+    name = "killed"
+    job = submit(slurm, workspace, name, "train.max_steps=1000",
+                 sbatch_args=["-p", "pair", "--nodes=2", "--ntasks-per-node=1"], env={"DELIA_DIST_TIMEOUT": "600"})
+    wait_for_step(slurm, workspace, name, job, 3)
+    stuck, dying = slurm.task_pids(job, procid=0), slurm.task_pids(job, procid=1)
+    assert stuck and dying
+    try:
+        for pid in stuck:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in dying:
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        info = slurm.wait_job(job, {"FAILED", "CANCELLED", "COMPLETED", "NODE_FAIL"}, 120)
+        elapsed = time.monotonic() - t0
+    finally:
+        if slurm.job(job).get("JobState") in ("RUNNING", "PENDING"):
+            slurm.scancel(job)
+        for pid in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    print(f"rank killed: job {info['JobState']} after {elapsed:.1f}s (collective timeout 600 s)")
+    text = output(workspace, name)
+    assert info["JobState"] == "FAILED", text[-3000:]
+    assert re.search(r"srun: error: n2: task 1: Killed", text), text[-3000:]
+    assert "[delia] training failed (srun exit" in text
 
 
 def test_two_node_job_preempted_resumes_on_one_node(slurm, workspace):

@@ -5,6 +5,8 @@ Scenarios run the real delia_dist code on a real process group (gloo on CPU):
   collective on a CPU tensor over it fails; the host helpers must still work.
 - rendezvous: rank DELIA_TEST_LATE_RANK starts DELIA_TEST_LATE seconds late and the
   collective timeout is short; with a long rendezvous timeout the ranks still meet and reduce.
+- io_timeout: the collective timeout is 3 s and rank 1 reaches a barrier 6 s late, once
+  inside a checkpoint entry point (distributed.under_io_timeout, bound 60 s) and once outside.
 - step: one optimizer step of a tiny Llama under ZeRO-3 (fp32, SGD) over this rank's share
   of four fixed micro-batches; writes the full weights before and after, and the counts of
   collectives and host syncs issued by delia_dist code during the step.
@@ -126,6 +128,24 @@ def scenario_rendezvous(env: DistEnv, out: Path) -> None:
     distributed.teardown()
 
 
+def scenario_io_timeout(env: DistEnv, out: Path) -> None:
+    distributed.init(env, timeout_s=3)
+
+    def late_barrier() -> str:
+        if env.rank == 1:
+            time.sleep(6)
+        try:
+            distributed.barrier()
+            return "ok"
+        except Exception as e:  # noqa: BLE001 (the outcome is the result)
+            return f"{type(e).__name__}: {str(e)[:300]}"
+
+    distributed.set_io_timeout(60)
+    inside = distributed.under_io_timeout(late_barrier)()
+    outside = late_barrier()
+    (out / f"rank{env.rank}.json").write_text(json.dumps({"inside": inside, "outside": outside}))
+
+
 def scenario_step(env: DistEnv, out: Path) -> None:
     import deepspeed
 
@@ -187,7 +207,8 @@ def main() -> None:
     scenario, rank, world, port, out = sys.argv[1:6]
     env = DistEnv(rank=int(rank), local_rank=int(rank), world_size=int(world), local_world_size=int(world),
                   master_port=int(port))
-    {"groups": scenario_groups, "rendezvous": scenario_rendezvous, "step": scenario_step}[scenario](env, Path(out))
+    {"groups": scenario_groups, "rendezvous": scenario_rendezvous, "step": scenario_step,
+     "io_timeout": scenario_io_timeout}[scenario](env, Path(out))
     sys.stdout.flush()
     os._exit(0)  # gloo's threads can crash the interpreter at exit (see launcher)
 

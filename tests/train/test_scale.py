@@ -65,6 +65,14 @@ def test_late_rank_meets_within_rendezvous_timeout_not_collective_timeout(tmp_pa
     assert r0 == r1 == {"sum": [2.0, 2.0], "any": True}
 
 
+def test_checkpoint_io_outlasts_the_collective_timeout_only_inside_save_and_load(tmp_path):
+    """A save at 70B keeps ranks in one barrier for minutes; before the fix it ran under the
+    job's collective timeout. Here: timeout 3 s, one rank 6 s late."""
+    r0, _ = run_ranks("io_timeout", 2, tmp_path)
+    assert r0["inside"] == "ok"
+    assert r0["outside"] != "ok" and "timed out" in r0["outside"].lower(), r0["outside"]
+
+
 @pytest.fixture(scope="module")
 def reference_step(tmp_path_factory):
     """Two ranks x grad_accum 2 and one rank x grad_accum 4, same four micro-batches."""
