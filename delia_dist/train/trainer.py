@@ -22,6 +22,7 @@ from .. import distributed
 from ..checkpoint import elastic
 from ..checkpoint.manager import CheckpointManager, rng_state, set_rng_state
 from ..config import Config, config_from_dict, to_dict
+from . import profile as step_profile
 from .state import MetricsWindow, TrainState
 from .step import agree, next_micro_batches, train_step
 
@@ -169,20 +170,25 @@ class Trainer:
         data_iter = iter(self.stream)
         self.t_log = time.perf_counter()
         n_sources = len(self.stream.source_names)
+        self.profile = prof = step_profile.start(cfg.train.profile, self.device, self.wrapper)
         while state.step < self.total_steps:
             t0 = time.perf_counter()
-            batches = next_micro_batches(data_iter, cfg.train.grad_accum)
-            plan = agree(batches, stop_requested())
+            with prof.phase("data"):
+                batches = next_micro_batches(data_iter, cfg.train.grad_accum)
+            with prof.phase("collectives"):
+                plan = agree(batches, stop_requested())
             if not plan.run:
                 log.info("data exhausted at step %d", state.step)
                 break
             lr = self.schedule.apply(self.optimizer)
-            stats = train_step(self.engine, batches, plan, n_sources)
+            stats = train_step(self.engine, batches, plan, n_sources, prof)
             self.schedule.advance()
             state.advance(plan, time.perf_counter() - t0)
             state.budget_tokens += elastic.budget_tokens_per_step(cfg, env.world_size)
-            self.window.add(state.step, lr, plan, stats)
-            self.after_step(state.step)
+            with prof.phase("logging"):
+                self.window.add(state.step, lr, plan, stats)
+                self.after_step(state.step)
+            prof.end_step()
             if plan.stop or state.step % cfg.checkpoint.every_steps == 0:
                 last_ckpt = self.save(state.step)
             if plan.stop:
@@ -236,6 +242,7 @@ class Trainer:
 
     def finish(self, status: str, last_ckpt: Optional[Path]) -> TrainResult:
         self.flush_metrics()
+        step_profile.finish(self.profile, self.run_dir, self.env.is_main)
         state = self.state
         summary = {"status": status, "step": state.step, "train_wall_s": state.wall_s,
                    "steps_per_s": state.step / max(state.wall_s, 1e-9), "tokens": state.tokens,
