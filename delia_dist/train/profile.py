@@ -55,6 +55,7 @@ class StepProfile:
     def __init__(self, cuda: bool = False):
         self.cuda = cuda
         self.steps: list[dict[str, float]] = []  # host seconds per phase, one dict per step
+        self.step_ends: list[float] = []  # perf_counter at each step's end: wall time per step
         self._events: list[list[tuple[str, object, object]]] = []  # per step: (phase, start, end)
         self._current: dict[str, float] = {}
         self._current_events: list = []
@@ -90,6 +91,7 @@ class StepProfile:
                 self._stack[-1][2] += spent
 
     def end_step(self) -> None:
+        self.step_ends.append(time.perf_counter())
         self.steps.append(self._current)
         self._events.append(self._current_events)
         self._current, self._current_events = {}, []
