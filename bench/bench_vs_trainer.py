@@ -302,13 +302,14 @@ def print_profiles(runs: list[dict]) -> None:
     phases = ["data", "collectives", "forward", "loss", "backward", "optimizer", "logging"]
     print("\nphase profile, median ms per step over the timed steps, median over runs "
           "(Trainer: forward includes its loss; its logging is not timed):")
-    print("| side | " + " | ".join(phases) + " | sum | threads started (Python) |")
-    print("|---" * (len(phases) + 3) + "|")
+    print("| side | " + " | ".join(phases) + " | sum | OS threads | Python threads besides main |")
+    print("|---" * (len(phases) + 4) + "|")
     for side in ("ours", "trainer"):
         mine = [r for r in runs if r["side"] == side]
         cells = [statistics.median(r["profile"]["median_s"].get(p, 0.0) for r in mine) * 1000 for p in phases]
-        started = sorted({n for r in mine for n in r["profile"]["threads"]["python_started"]})
-        print(f"| {side} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {sum(cells):.1f} | "
+        started = sorted({n for r in mine for n in r["profile"]["threads"]["python_alive"]})
+        os_threads = max(r["profile"]["threads"]["os_now"] for r in mine)
+        print(f"| {side} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {sum(cells):.1f} | {os_threads} | "
               f"{', '.join(started) or 'none'} |")
 
 

@@ -139,15 +139,16 @@ class StepProfile:
 
     def summary(self, skip: int = 0) -> dict:
         """Median seconds per phase over the steps after `skip`, their share of the summed
-        phases, and the threads started since the profile began (count and new names)."""
+        phases, and the threads: OS count then and now, Python threads started since and alive."""
         rows = self.per_step(skip)
         names = [p for p in PHASES if any(p in r for r in rows)] + sorted({k for r in rows for k in r} - set(PHASES))
         median = {p: statistics.median(r.get(p, 0.0) for r in rows) if rows else 0.0 for p in names}
         total = sum(median.values()) or 1.0
         new_threads = sorted({t.name for t in threading.enumerate()} - self.python_threads_at_start)
+        alive = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
         return {"steps": len(rows), "median_s": median, "share": {p: v / total for p, v in median.items()},
                 "threads": {"os_at_start": self.threads_at_start, "os_now": os_threads(),
-                            "python_started": new_threads}}
+                            "python_started": new_threads, "python_alive": alive}}
 
 
 def format_summary(summary: dict) -> str:
@@ -156,8 +157,8 @@ def format_summary(summary: dict) -> str:
     for p, v in summary["median_s"].items():
         lines.append(f"  {p:<12} {v * 1000:9.2f} ms  {summary['share'][p] * 100:5.1f}%")
     th = summary["threads"]
-    lines.append(f"  threads: {th['os_at_start']} at start, {th['os_now']} now; Python threads started: "
-                 f"{', '.join(th['python_started']) or 'none'}")
+    lines.append(f"  threads: {th['os_at_start']} at the first step, {th['os_now']} now; Python threads besides the "
+                 f"main one: {', '.join(th['python_alive']) or 'none'}")
     return "\n".join(lines)
 
 

@@ -71,6 +71,7 @@ def test_threads_started_are_named():
     try:
         th = prof.summary()["threads"]
         assert th["python_started"] == ["delia-test-sender"]
+        assert "delia-test-sender" in th["python_alive"]
         assert th["os_now"] >= th["os_at_start"] + 1
     finally:
         stop.set()
