@@ -59,6 +59,7 @@ class StepProfile:
         self._events: list[list[tuple[str, object, object]]] = []  # per step: (phase, start, end)
         self._current: dict[str, float] = {}
         self._current_events: list = []
+        self._folded = 0  # steps before this one hold no unread events
         self._stack: list[list] = []  # [name, start, time spent in nested phases]
         self.threads_at_start = os_threads()
         self.python_threads_at_start = {t.name for t in threading.enumerate()}
@@ -95,6 +96,24 @@ class StepProfile:
         self.steps.append(self._current)
         self._events.append(self._current_events)
         self._current, self._current_events = {}, []
+        # A long GPU run must not hold every step's events: fold those the device has
+        # finished (query() never waits) into their step's seconds.
+        for i in range(self._folded, len(self._events) - 1):
+            events = self._events[i]
+            if events and not events[-1][3].query():
+                break
+            self._fold(i)
+            self._folded = i + 1
+
+    def _fold(self, i: int) -> None:
+        row = self.steps[i]
+        for name, parent, start, end in self._events[i]:
+            end.synchronize()  # at once for a finished event; waits only when called from summary()
+            spent = start.elapsed_time(end) / 1000.0
+            row[name] = row.get(name, 0.0) + spent
+            if parent in DEVICE_PHASES:  # nested device phases: each counts its own time
+                row[parent] = row.get(parent, 0.0) - spent
+        self._events[i] = []
 
     def install_comm_timers(self) -> None:
         """Charge DeepSpeed's collectives to the 'collectives' phase until uninstall()."""
@@ -125,17 +144,10 @@ class StepProfile:
 
     def per_step(self, skip: int = 0) -> list[dict[str, float]]:
         """Seconds per phase of each step after the first `skip` (CUDA events read here)."""
-        out = []
-        for host, events in list(zip(self.steps, self._events))[skip:]:
-            row = dict(host)
-            for name, parent, start, end in events:
-                end.synchronize()
-                spent = start.elapsed_time(end) / 1000.0
-                row[name] = row.get(name, 0.0) + spent
-                if parent in DEVICE_PHASES:  # nested device phases: each counts its own time
-                    row[parent] = row.get(parent, 0.0) - spent
-            out.append(row)
-        return out
+        for i in range(self._folded, len(self._events)):
+            self._fold(i)
+        self._folded = len(self._events)
+        return [dict(row) for row in self.steps[skip:]]
 
     def summary(self, skip: int = 0) -> dict:
         """Median seconds per phase over the steps after `skip`, their share of the summed

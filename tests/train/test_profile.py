@@ -84,3 +84,49 @@ def test_disabled_profile_is_free_of_state():
         pass
     profile.NULL.end_step()
     assert profile.finish(profile.NULL, "/nonexistent", write=True) is None
+
+
+class FakeEvent:
+    """A CUDA event stand-in: done once the 'device' got past it; elapsed in ms."""
+    def __init__(self, device):
+        self.device, self.t, self.synced = device, None, False
+
+    def record(self):
+        self.t = self.device["clock"]
+
+    def query(self):
+        return self.device["done"]
+
+    def synchronize(self):
+        self.synced = True
+
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1000.0
+
+
+def test_gpu_events_are_folded_once_finished_and_never_waited_for(monkeypatch):
+    """On a GPU the device phases are events: end_step reads only those the device has
+    finished (query), so the profile neither syncs the host nor keeps every step's events;
+    nested device phases count their own time."""
+    import torch
+    device = {"clock": 0.0, "done": False}
+    made = []
+
+    def event(enable_timing):
+        made.append(FakeEvent(device))
+        return made[-1]
+    monkeypatch.setattr(torch.cuda, "Event", event)
+    prof = profile.StepProfile(cuda=True)
+    for _ in range(3):
+        with prof.phase("forward"):
+            device["clock"] += 2.0
+            with prof.phase("loss"):
+                device["clock"] += 1.0
+        prof.end_step()
+    assert not any(e.synced for e in made)  # nothing finished yet: nothing read
+    device["done"] = True
+    with prof.phase("forward"):
+        device["clock"] += 2.0
+    prof.end_step()
+    assert [len(ev) for ev in prof._events] == [0, 0, 0, 1]  # finished steps folded, the last kept
+    assert prof.per_step() == [{"forward": 2.0, "loss": 1.0}] * 3 + [{"forward": 2.0}]
