@@ -6,9 +6,9 @@ phases (forward, loss, backward, optimizer) are timed with CUDA events instead, 
 the stream and read only in summary(), so profiling adds no host sync to a step.
 
 Phases nest and each counts its own time only: a ZeRO-3 all-gather inside the forward is
-charged to "collectives", not "forward". DeepSpeed's collectives are seen by wrapping the
-deepspeed.comm functions ZeRO calls while the profile is installed (only then); on a GPU
-that is the host time to issue them, their transfer overlaps the device phases.
+charged to "collectives", not "forward". Collectives are seen by wrapping the deepspeed.comm
+and torch.distributed functions while the profile is installed (only then); on a GPU that
+is the host time to issue them, their transfer overlaps the device phases.
 """
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ import time
 
 PHASES = ("data", "collectives", "forward", "loss", "backward", "optimizer", "logging")
 DEVICE_PHASES = {"forward", "loss", "backward", "optimizer"}
-# deepspeed.comm entry points ZeRO-1/2/3 use for gathers, reductions and broadcasts.
+# deepspeed.comm entry points ZeRO-1/2/3 use for gathers, reductions and broadcasts, and
+# torch.distributed's (accelerate's gathers, delia's host reductions).
 COMM_FUNCTIONS = ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "all_gather", "broadcast",
-                  "reduce_scatter_fn", "allgather_fn", "all_to_all_single", "inference_all_reduce")
+                  "reduce_scatter_fn", "allgather_fn", "all_to_all_single", "inference_all_reduce",
+                  "all_gather_object", "broadcast_object_list", "barrier")
 
 
 def os_threads() -> int:
@@ -116,11 +118,13 @@ class StepProfile:
         self._events[i] = []
 
     def install_comm_timers(self) -> None:
-        """Charge DeepSpeed's collectives to the 'collectives' phase until uninstall()."""
+        """Charge DeepSpeed's and torch.distributed's collectives to the 'collectives' phase
+        until uninstall()."""
         import deepspeed.comm as ds_comm
         import deepspeed.comm.comm as ds_comm_impl
+        import torch.distributed as torch_dist
 
-        for module in (ds_comm, ds_comm_impl):
+        for module in (ds_comm, ds_comm_impl, torch_dist):
             for fn_name in COMM_FUNCTIONS:
                 fn = getattr(module, fn_name, None)
                 if fn is None:
