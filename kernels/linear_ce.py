@@ -254,9 +254,13 @@ def reference_linear_cross_entropy(hidden, weight, labels, bias=None, ignore_ind
                                            label_smoothing=label_smoothing)
     loss = ce + z_loss * lse * lse if z_loss else ce
     loss = torch.where(valid, loss, torch.zeros_like(loss))
+    return _reduce(loss, valid, reduction)
+
+
+def _reduce(token_losses: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "none":
-        return loss
-    total = loss.sum()
+        return token_losses
+    total = token_losses.sum()
     return total / valid.sum().clamp(min=1) if reduction == "mean" else total
 
 
@@ -320,14 +324,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     _check_labels(labels, weight.shape[0], ignore_index)
     if impl == "naive":
-        loss = reference_linear_cross_entropy(hidden, weight, labels, bias, ignore_index, reduction,
-                                              label_smoothing, z_loss, softcap)
-        if return_token_losses:
-            tokens = loss.detach() if reduction == "none" else reference_linear_cross_entropy(
-                hidden.detach(), weight.detach(), labels, None if bias is None else bias.detach(),
-                ignore_index, "none", label_smoothing, z_loss, softcap)
-            return loss, tokens
-        return loss
+        # The full logits once: the per-token losses are reduced here, and the same tensor,
+        # detached, is what return_token_losses hands back.
+        tokens = reference_linear_cross_entropy(hidden, weight, labels, bias, ignore_index, "none",
+                                                label_smoothing, z_loss, softcap)
+        loss = _reduce(tokens, labels != ignore_index, reduction)
+        return (loss, tokens.detach()) if return_token_losses else loss
     use_triton = impl == "triton" or (impl == "auto" and hidden.is_cuda and _triton_available())
     loss, tokens = _ChunkedLinearCE.apply(hidden, weight, bias, labels, ignore_index, reduction,
                                           float(label_smoothing), float(z_loss), softcap, chunk_size, use_triton,

@@ -22,6 +22,9 @@ class TrainConfig:
     eps: float = 1e-8
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     seed: int = 0
+    # Time each step's phases (data wait, forward, loss, backward, optimizer, collectives,
+    # logging) and count the threads started; rank 0 writes <run_dir>/profile.json at the end.
+    profile: bool = False
 
     REMOVED: ClassVar[dict[str, str]] = {
         "log_every": "it was never read; metrics are logged every tracking.log_every steps"}

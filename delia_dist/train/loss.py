@@ -11,6 +11,7 @@ import torch
 from kernels import linear_cross_entropy
 
 from ..model.build import causal_lm, output_head
+from .profile import NULL
 
 IMPLS = {"fused": "auto", "chunked": "chunked", "naive": "naive"}
 
@@ -20,6 +21,7 @@ class CausalLMWithLoss(torch.nn.Module):
         super().__init__()
         self.model = model
         self.loss_cfg = loss_cfg
+        self.profile = NULL  # the trainer sets a train.profile.StepProfile to time the loss
         if zero3:
             import deepspeed
             head = output_head(model)
@@ -42,10 +44,12 @@ class CausalLMWithLoss(torch.nn.Module):
         hidden = self.hidden_states(input_ids, position_ids)
         head = output_head(self.model)
         c = self.loss_cfg
-        total, tokens = linear_cross_entropy(
-            hidden.reshape(-1, hidden.shape[-1]), head.weight, labels.reshape(-1), bias=head.bias,
-            reduction="sum", label_smoothing=c.label_smoothing, z_loss=c.z_loss, softcap=c.softcap,
-            impl=IMPLS[c.impl], chunk_size=c.chunk_size, return_token_losses=True, grad_accum=c.head_grad_dtype)
+        with self.profile.phase("loss"):
+            total, tokens = linear_cross_entropy(
+                hidden.reshape(-1, hidden.shape[-1]), head.weight, labels.reshape(-1), bias=head.bias,
+                reduction="sum", label_smoothing=c.label_smoothing, z_loss=c.z_loss, softcap=c.softcap,
+                impl=IMPLS[c.impl], chunk_size=c.chunk_size, return_token_losses=True,
+                grad_accum=c.head_grad_dtype)
         return total, tokens.view(labels.shape)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import distributed
+from .profile import NULL
 
 
 @dataclass(frozen=True)
@@ -63,17 +64,22 @@ def loss_scale(global_loss_tokens: int, grad_accum: int, world: int) -> float:
     return grad_accum * world / max(global_loss_tokens, 1)
 
 
-def train_step(engine, batches: list[dict], plan: StepPlan, n_sources: int) -> torch.Tensor:
+def train_step(engine, batches: list[dict], plan: StepPlan, n_sources: int, profile=NULL) -> torch.Tensor:
     """Forward/backward/step over this rank's micro-batches; returns the per-source loss sums
-    and counts ([2 * n_sources], float64) on the device, unsynchronised."""
+    and counts ([2 * n_sources], float64) on the device, unsynchronised. `profile` (a
+    train.profile.StepProfile) times the phases."""
     from .loss import per_source
     device = distributed.device()
     scale = loss_scale(plan.loss_tokens, engine.gradient_accumulation_steps(), distributed.world_size())
     stats = torch.zeros(2 * n_sources, dtype=torch.float64, device=device)
     for batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss_sum, losses = engine(batch["input_ids"], batch["position_ids"], batch["labels"])
-        engine.backward(loss_sum * scale)
-        engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
-        stats += per_source(losses, batch["labels"], batch["source_ids"], n_sources)
+        with profile.phase("forward"):
+            loss_sum, losses = engine(batch["input_ids"], batch["position_ids"], batch["labels"])
+        with profile.phase("backward"):
+            engine.backward(loss_sum * scale)
+        with profile.phase("optimizer"):
+            engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+        with profile.phase("logging"):
+            stats += per_source(losses, batch["labels"], batch["source_ids"], n_sources)
     return stats

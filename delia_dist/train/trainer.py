@@ -21,6 +21,7 @@ from .. import atomic, distributed, storage
 from ..checkpoint import elastic, io_bound, room
 from ..checkpoint.manager import CheckpointManager, rng_state, set_rng_state
 from ..config import Config, config_from_dict, to_dict
+from . import profile as step_profile
 from .state import MetricsWindow, TrainState
 from .step import agree, next_micro_batches, train_step
 
@@ -193,22 +194,27 @@ class Trainer:
         # Under downstream_once a rank whose data ended feeds padding-only micro-batches (no
         # loss tokens: the global loss normalisation leaves them out) until every rank's has.
         empty = self.stream.empty_batch if cfg.data.downstream_once else None
+        self.profile = prof = step_profile.start(cfg.train.profile, self.device, self.wrapper)
         while state.step < self.total_steps or self.until_exhausted:
             t0 = time.perf_counter()
-            batches = next_micro_batches(data_iter, cfg.train.grad_accum, empty)
-            plan = agree(batches, stop_requested(), until_all_done=empty is not None)
+            with prof.phase("data"):
+                batches = next_micro_batches(data_iter, cfg.train.grad_accum, empty)
+            with prof.phase("collectives"):
+                plan = agree(batches, stop_requested(), until_all_done=empty is not None)
             if not plan.run:
                 log.info("data exhausted at step %d", state.step)
                 break
             if batches is None:
                 batches = [empty() for _ in range(cfg.train.grad_accum)]
             lr = self.schedule.apply(self.optimizer)
-            stats = train_step(self.engine, batches, plan, n_sources)
+            stats = train_step(self.engine, batches, plan, n_sources, prof)
             self.schedule.advance()
             state.advance(plan, time.perf_counter() - t0)
             state.budget_tokens += elastic.budget_tokens_per_step(cfg, env.world_size)
-            self.window.add(state.step, lr, plan, stats)
-            self.after_step(state.step)
+            with prof.phase("logging"):
+                self.window.add(state.step, lr, plan, stats)
+                self.after_step(state.step)
+            prof.end_step()
             if plan.stop or state.step % cfg.checkpoint.every_steps == 0:
                 last_ckpt = self.save(state.step)
             if plan.stop:
@@ -264,6 +270,7 @@ class Trainer:
 
     def finish(self, status: str, last_ckpt: Optional[Path]) -> TrainResult:
         self.flush_metrics()
+        step_profile.finish(self.profile, self.run_dir, self.env.is_main)
         state = self.state
         summary = {"status": status, "step": state.step, "train_wall_s": state.wall_s,
                    "steps_per_s": state.step / max(state.wall_s, 1e-9), "tokens": state.tokens,

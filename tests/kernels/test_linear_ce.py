@@ -479,3 +479,27 @@ def test_fp32_bias_with_16bit_weights(impl, small_triton_block):
     assert torch.allclose(loss, ref_loss, rtol=rtol, atol=rtol)
     for g, r in zip(got, ref):
         assert (g - r).abs().max() <= gtol * r.abs().max()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_naive_token_losses_build_the_logits_once(reduction):
+    """The naive path with return_token_losses (the trainer's call under loss.impl=naive)
+    makes the N x V logits matmul once, not a second time for the per-token losses, and its
+    per-token losses are the ones its reduced loss was made from."""
+    n, v = 64, 300
+    h, w, _, labels = make_inputs(n, v, torch.float32, False)
+    hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+    with TensorMemoryTracker(record_min_numel=n * v) as mem:
+        loss, tokens = linear_cross_entropy(hh, ww, labels, reduction=reduction, impl="naive",
+                                            return_token_losses=True)
+    products = [op for op, _, shape in mem.made if shape == (n, v) and "mm" in op]
+    assert len(products) == 1, mem.made
+    valid = labels != -100
+    expected = tokens.sum() / valid.sum() if reduction == "mean" else tokens.sum()
+    torch.testing.assert_close(loss.detach(), expected)
+    assert not tokens.requires_grad
+    loss.backward()
+    ref_h, ref_w = h.clone().requires_grad_(), w.clone().requires_grad_()
+    reference_linear_cross_entropy(ref_h, ref_w, labels, reduction=reduction).backward()
+    torch.testing.assert_close(hh.grad, ref_h.grad)
+    torch.testing.assert_close(ww.grad, ref_w.grad)
