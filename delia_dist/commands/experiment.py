@@ -43,6 +43,10 @@ def run(args) -> int:
             print(interval_table(done))
             for line in reading(done, n):
                 print(f"- {line}")
+        if any("seed" in r for r in done):
+            from ..experiment.seeds import METHOD, seed_table
+            print(f"\nmean over seeds [{METHOD}]:")
+            print(seed_table(done))
         out = write_report(done, Path(cfg.run_dir) / "report")
         out = f"{out}  (plots: {Path(out).parent}/*.png)"
     else:
