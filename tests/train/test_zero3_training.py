@@ -89,7 +89,8 @@ def test_crash_mid_save_then_resume_is_bit_identical(ws, straight):
 
 
 def test_new_token_rows_hold_their_init_after_a_step_at_lr0(ws, tiny_tokenizer_dir):
-    run = train(ws, "lr0", "train.max_steps=1", "train.lr=0", "train.warmup_steps=0")
+    run = train(ws, "lr0", "train.max_steps=1", "train.lr=0", "train.warmup_steps=0",
+                "model.new_tokens.0.init=description")
     state = json.loads((run / "checkpoints/step_1/trainer_state.json").read_text())
     sep = state["new_tokens"]["new_token_ids"]["<sep>"]
     old = state["new_tokens"]["old_vocab"]
