@@ -115,7 +115,8 @@ def plan_runs(config_path: str, overrides: list[str] = (), only: list[str] | Non
         steps_over = []
         if spec.steps_from is not None:
             ref = resolved[seeded(spec.steps_from, seed)]
-            steps_over = [f"train.max_steps={planned_steps(ref, base.experiment.nproc)}"]
+            steps_over = [f"train.max_steps={planned_steps(ref, base.experiment.nproc)}",
+                          f"tracking.tags.steps_from={seeded(spec.steps_from, seed)}"]
         # The run's own directory, store and name go last: a `--set run_dir=X` on the command
         # line moves the whole matrix under X, it must not put every run in one directory.
         run_over = [*spec.overrides, *seed_over, *steps_over, *overrides, f"run_dir={run_dir}", f"tracking.uri={uri}",

@@ -137,3 +137,22 @@ def test_tiny_matrix_with_seeds_and_controls_end_to_end(tmp_path):
     report = (tmp_path / "runs/tiny/report/report.md").read_text()
     assert "over seeds" in report and "| delia-pair | 2 |" in report
     assert "Student t" in proc.stdout
+
+
+def test_delia_report_groups_seeds_from_mlflow_tags(tmp_path):
+    """`delia report` (rows read back from MLflow) groups the seeds by the tags the matrix sets."""
+    from delia_dist.config import TrackingConfig
+    from delia_dist.experiment.report import build_report
+    from delia_dist.experiment.seeds import seed_interval
+    from delia_dist.tracking import Tracker
+
+    acc = {0: 0.4, 1: 0.55, 2: 0.5}
+    for seed, value in acc.items():
+        t = Tracker(TrackingConfig(experiment="seeds", run_name=f"delia-s{seed}", system_metrics=False,
+                                   tags={"group": "delia", "seed": str(seed)}), tmp_path, enabled=True)
+        t.start({}, tags={})
+        t.log_metrics({"loss": 1.0, "eval/format/accuracy": value}, 4)
+        t.close()
+    build_report("seeds", f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "out")
+    mean, lo, hi = seed_interval(list(acc.values()))
+    assert f"| delia | 3 | 4 | {mean:.3f} [{lo:.3f}, {hi:.3f}] |" in (tmp_path / "out/report.md").read_text()
