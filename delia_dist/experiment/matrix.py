@@ -178,7 +178,7 @@ def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cf
     return {"run": name, **meta, "status": "ok", "run_id": info["run_id"], "run_dir": str(run_dir), "steps": info["step"],
             "diverse_share": last.get("share/diverse", 0.0),
             "train_loss_first": last["first_loss"], "train_loss_last": last["loss"],
-            **{k: v for k, v in last.items() if k.startswith("tokens/")},
+            **{k: v for k, v in last.items() if k.startswith(("tokens/", "samples/"))},
             **scores, "wall_s": time.time() - t0}
 
 

@@ -175,6 +175,8 @@ class Trainer:
             plan = agree(batches, stop_requested())
             if not plan.run:
                 log.info("data exhausted at step %d", state.step)
+                # a log step: a run that ends with its data must still log its token and sample counts
+                self.flush_metrics(log_step=True)
                 break
             lr = self.schedule.apply(self.optimizer)
             stats = train_step(self.engine, batches, plan, n_sources)

@@ -128,6 +128,7 @@ def test_tiny_matrix_with_seeds_and_controls_end_to_end(tmp_path):
     for s in (0, 1):
         delia, control = results[f"delia-pair-s{s}"], results[f"equal-steps-s{s}"]
         assert 1 <= delia["steps"] < 40  # ended when its 2 downstream records were used up
+        assert delia["samples/downstream"] == 2 and delia["samples/diverse"] > 2 * 5  # each record once
         assert control["steps"] == delia["steps"] and control["steps_from"] == f"delia-pair-s{s}"
         assert delia["group"] == "delia-pair" and delia["seed"] == s
         assert results[f"fixed-instruction-s{s}"]["steps"] == 2
