@@ -56,6 +56,20 @@ def test_fixed_instruction_trains_every_record_with_its_one_instruction(tmp_path
     assert sum(seg in as_written for seg in paraphrased) < len(paraphrased) / 2  # the control differs
 
 
+def test_bad_controls_are_one_line_errors_naming_the_key():
+    from delia_dist.config import load_config
+    from delia_dist.config.errors import ConfigError
+
+    base = str(REPO / "configs/tiny_cpu.yaml")
+    with pytest.raises(ConfigError, match=r"tiny_cpu.yaml:\d+: experiment.runs: equal-steps-3x: steps_from "
+                                          r"'delia-9x' must name a run listed before it"):
+        load_config(base, ["experiment.runs.equal-steps-3x.steps_from=delia-9x"], check_paths=False)
+    with pytest.raises(ConfigError, match=r"experiment.seeds: must be distinct integers >= 0, got \[0, 0\]"):
+        load_config(base, ["experiment.seeds=[0,0]"], check_paths=False)
+    with pytest.raises(ConfigError, match=r"instructions"):
+        load_config(base, ["data.sources.downstream.instructions=fixd"], check_paths=False)
+
+
 def test_seed_interval_is_a_t_interval_over_the_per_seed_values():
     from delia_dist.experiment.seeds import seed_interval, seed_rows, t_quantile
 
