@@ -132,7 +132,7 @@ def test_tiny_matrix_with_seeds_and_controls_end_to_end(tmp_path):
     config = tmp_path / "matrix.yaml"
     config.write_text(yaml.safe_dump(cfg))
     proc = subprocess.run(cli + ["experiment", str(config), "--set", "checkpoint.every_steps=100"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
 
     results = {r["run"]: r for r in json.loads((tmp_path / "runs/tiny/experiment_results.json").read_text())}
