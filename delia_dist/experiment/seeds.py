@@ -93,7 +93,9 @@ def seed_table(results: list[dict], markdown: bool = False) -> str:
     rows = seed_rows(results)
     if not rows:
         return ""
-    metrics = [k for k in _metric_keys(rows) if k.startswith("eval/")]
+    from .tables import EVAL_LABELS  # the headline metrics; every metric's seed summary is in results.json
+    present = [k for k in _metric_keys(rows) if k.startswith("eval/")]
+    metrics = [k for k in EVAL_LABELS if k in present] or present
     header = ["run", "seeds", "steps"] + [f"{_label(k)} mean [seeds] (per-example)" for k in metrics]
     body = []
     for r in rows:
