@@ -32,7 +32,7 @@ def test_tiny_delia_experiment_end_to_end(tmp_path):
     assert float(rows["baseline"][share]) == 0.0 and 0.3 < float(rows["delia-1x"][share]) < 0.7
     report = tmp_path / "runs/tiny/report"
     assert (report / "report.md").is_file() and (report / "loss_per_source.png").stat().st_size > 10_000
-    assert (report / "eval_vs_diverse_share.png").is_file() and (report / "token_alignment.png").is_file()
+    assert (report / "eval_vs_diverse_scale.png").is_file() and (report / "token_alignment.png").is_file()
 
     import mlflow
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/runs/tiny/mlflow.db")

@@ -86,6 +86,10 @@ def _report(results: list[dict], cfg, out_dir):
         text += ["", "format task, 95% bootstrap intervals over the held-out examples:", interval_table(done)]
         text += [f"- {line}" for line in reading(done, n)]
         print("\n".join(text[1:]))
+    if any("seed" in r for r in done):
+        from ..experiment.seeds import METHOD, seed_table
+        text += ["", f"mean over seeds [{METHOD}]:", seed_table(done)]
+        print("\n".join(text[-2:]))
     report = write_report(done, out_dir)
     atomic.write_text(Path(out_dir) / "comparison.txt", "\n".join(text) + "\n")
     return report

@@ -21,6 +21,9 @@ class SourceConfig:
     max_epochs: Optional[int] = None
     # Paraphrased task instructions (from `delia data diversify`); one is drawn per sample.
     paraphrases: Optional[str] = field(default=None, metadata={"path": "exists"})
+    # fixed: every record keeps its own instruction even when `paraphrases` is set: common
+    # instruction tuning (one wording per task), the control that isolates the paraphrases.
+    instructions: Literal["paraphrased", "fixed"] = "paraphrased"
 
     def validate(self) -> None:
         if not 0.0 <= self.weight <= 1.0:

@@ -62,7 +62,8 @@ def source_policy(index: int, s, cfg, tokenizer) -> SourcePolicy:
     rules = DecodeRules(source=index, name=s.name, seed=cfg.seed, vocab_size=len(tokenizer),
                         seq_len=cfg.seq_len, tokenizer=tokenizer,
                         added_tokens=tuple(t.encode() for t in added),
-                        paraphrases=load_paraphrases(s.paraphrases) if s.paraphrases else None,
+                        paraphrases=(load_paraphrases(s.paraphrases)
+                                     if s.paraphrases and s.instructions == "paraphrased" else None),
                         overlong=cfg.overlong, split_samples=cfg.split_samples)
     return SourcePolicy(index=index, name=s.name, urls=tuple(urls), rules=rules,
                         expected={sh["url"]: sh["samples"] for sh in manifest["shards"]} if manifest else {},

@@ -68,4 +68,15 @@ def reading(results: list[dict], n_examples: int | None = None, baseline: str = 
                    + (f"{name} is better beyond the 95% intervals." if how == "above" else
                       f"{name} is worse beyond the 95% intervals." if how == "below" else
                       "the intervals overlap: no difference shown at this scale."))
+    for name, r in rows.items():  # each equal-steps control against the run whose steps it matched
+        ref = r.get("steps_from")
+        if ref not in rows:
+            continue
+        how = compare(rows[ref], r)
+        diff = rows[ref][f"{TASK}/accuracy"] - r[f"{TASK}/accuracy"]
+        out.append(f"{ref} vs {name} (its equal-steps control, {r.get('steps', '?')} optimizer steps each): "
+                   f"accuracy {diff:+.3f}; "
+                   + (f"{ref} is better beyond the 95% intervals: more than extra steps." if how == "above" else
+                      f"{ref} is worse beyond the 95% intervals: the extra steps alone did better." if how == "below"
+                      else "the intervals overlap: not shown to be more than extra steps."))
     return out

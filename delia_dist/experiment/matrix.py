@@ -1,5 +1,5 @@
-"""`delia experiment`: the configured matrix (baseline, DELIA at several diverse shares,
-ablations), each run trained, exported and evaluated as its own MLflow run in one
+"""`delia experiment`: the configured matrix (controls, DELIA at several diverse shares,
+ablations; each repeated per seed), each run trained, exported and evaluated as its own MLflow run in one
 experiment, then compared side by side."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import atomic
 from ..config import Config, load_config
+from ..config.experiment import RunSpec
 from ..tracking.ui_tags import NOTE, PARENT_RUN
 from .run_tracking import child_tags, chosen_overrides, mark_failed, tracked
 
@@ -74,36 +75,86 @@ def _last_metrics(run_dir: Path) -> dict:
     return out
 
 
+def seeded(name: str, seed: int | None) -> str:
+    return name if seed is None else f"{name}-s{seed}"
+
+
+def expand_runs(base: Config) -> list[tuple[str, RunSpec, int | None]]:
+    """(run name, matrix entry, seed) for every run x seed, in matrix order."""
+    seeds = base.experiment.seeds or [None]
+    return [(seeded(spec.name, seed), spec, seed) for spec in base.experiment.runs for seed in seeds]
+
+
+def planned_steps(cfg: Config, world_size: int) -> int:
+    from ..train.trainer import max_steps_for
+    return max_steps_for(cfg, world_size)
+
+
 def plan_runs(config_path: str, overrides: list[str] = (), only: list[str] | None = None,
               check_paths: bool = True) -> list[tuple[str, Path, list[str], Config]]:
-    """(name, run_dir, overrides, resolved config) per selected run. The matrix entry changes
-    the base config and command-line --set wins over both; every run logs into the base
-    config's MLflow store and experiment, under its own run name."""
+    """(name, run_dir, overrides, resolved config) per selected run (x seed). The matrix
+    entry changes the base config, then its seed and step count (steps_from), and
+    command-line --set wins over all of them; every run logs into the base config's MLflow
+    store and experiment, under its own run name. --only takes run names with or without
+    the seed suffix."""
     from ..tracking import default_uri
 
     base = load_config(config_path, overrides, check_paths=check_paths)
-    names = [s.name for s in base.experiment.runs]
-    unknown = sorted(set(only or ()) - set(names))
+    runs = expand_runs(base)
+    known = [s.name for s in base.experiment.runs] + [n for n, _, seed in runs if seed is not None]
+    unknown = sorted(set(only or ()) - set(known))
     if unknown:
-        raise ValueError(f"--only names {unknown} are not in experiment.runs {names}")
-    specs = [s for s in base.experiment.runs if not only or s.name in only]
-    if not specs:
+        raise ValueError(f"--only names {unknown} are not in experiment.runs {[s.name for s in base.experiment.runs]}"
+                         + (f" x seeds {base.experiment.seeds}" if base.experiment.seeds else ""))
+    if not runs:
         raise ValueError("experiment.runs is empty: nothing to run")
     root = Path(base.run_dir)
     uri = default_uri(base.tracking, root)
-    plan = []
-    for spec in specs:
-        run_dir = root / spec.name
+    plan, resolved = [], {}
+    for name, spec, seed in runs:
+        run_dir = root / name
+        seed_over = [] if seed is None else [f"train.seed={seed}", f"data.seed={seed}",
+                                             f"tracking.tags.group={spec.name}", f"tracking.tags.seed={seed}"]
+        steps_over = []
+        if spec.steps_from is not None:
+            ref = resolved[seeded(spec.steps_from, seed)]
+            steps_over = [f"train.max_steps={planned_steps(ref, base.experiment.nproc)}",
+                          f"tracking.tags.steps_from={seeded(spec.steps_from, seed)}"]
         # The run's own directory, store and name go last: a `--set run_dir=X` on the command
         # line moves the whole matrix under X, it must not put every run in one directory.
-        run_over = [*spec.overrides, *overrides, f"run_dir={run_dir}", f"tracking.uri={uri}",
-                    f"tracking.run_name={spec.name}"]
-        plan.append((spec.name, run_dir, run_over, load_config(config_path, run_over, check_paths=check_paths)))
+        run_over = [*spec.overrides, *seed_over, *steps_over, *overrides, f"run_dir={run_dir}", f"tracking.uri={uri}",
+                    f"tracking.run_name={name}"]
+        resolved[name] = load_config(config_path, run_over, check_paths=check_paths)
+        if not only or name in only or spec.name in only:
+            plan.append((name, run_dir, run_over, resolved[name]))
     return plan
 
 
+def _steps_to_match(config_path: str, name: str, run_over: list[str], cfg: Config, ref: str, results: list[dict],
+                    root: Path, check_paths: bool = True) -> tuple[list[str], Config]:
+    """A steps_from run's overrides and config with the steps its reference actually trained:
+    in this invocation, else as exported by an earlier one, else as planned from its config
+    (a run that ends when its data does trains fewer steps than its max_steps)."""
+    done = {r["run"]: r for r in results}
+    if ref in done and done[ref]["status"] != "ok":
+        raise RuntimeError(f"steps_from {ref!r}: that run failed, so its step count is unknown")
+    if ref in done:
+        steps, how = done[ref]["steps"], "trained"
+    elif (root / ref / "hf" / "delia_export.json").is_file():
+        steps, how = json.loads((root / ref / "hf" / "delia_export.json").read_text())["step"], "exported"
+    else:
+        print(f"[experiment] {name}: {cfg.train.max_steps} steps, {ref}'s planned max_steps ({ref} did not run here)",
+              flush=True)
+        return run_over, cfg
+    print(f"[experiment] {name}: {steps} steps, as many as {ref} {how}", flush=True)
+    if steps == cfg.train.max_steps:
+        return run_over, cfg
+    run_over = [*run_over, f"train.max_steps={steps}"]
+    return run_over, load_config(config_path, run_over, check_paths=check_paths)
+
+
 def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cfg: Config, nproc: int,
-             resume: bool, tags: dict[str, str]) -> dict:
+             resume: bool, tags: dict[str, str], meta: dict) -> dict:
     from ..checkpoint.export import export_checkpoint
     from ..eval.runner import evaluate
 
@@ -126,10 +177,10 @@ def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cf
         scores = evaluate(hf_dir, cfg, tracker=tracker, step=info["step"])
     last = _last_metrics(run_dir)
     print(f"[experiment] {name}: done in {time.time() - t0:.0f} s", flush=True)
-    return {"run": name, "status": "ok", "run_id": info["run_id"], "run_dir": str(run_dir), "steps": info["step"],
+    return {"run": name, **meta, "status": "ok", "run_id": info["run_id"], "run_dir": str(run_dir), "steps": info["step"],
             "diverse_share": last.get("share/diverse", 0.0),
             "train_loss_first": last["first_loss"], "train_loss_last": last["loss"],
-            **{k: v for k, v in last.items() if k.startswith("tokens/")},
+            **{k: v for k, v in last.items() if k.startswith(("tokens/", "samples/"))},
             **scores, "wall_s": time.time() - t0}
 
 
@@ -191,13 +242,19 @@ def run_experiment(config_path: str, overrides: list[str] = (), only: list[str] 
             print(f"[experiment] base: FAILED: {e}", flush=True)
             results.append({"run": "base", "status": "failed", "run_dir": str(root / "base"), "error": str(e)})
         save()
+    entries = {name: (spec, seed) for name, spec, seed in expand_runs(base_cfg)}
     for name, run_dir, run_over, cfg in plan:
-        tags = child_tags(name, run_over, list(overrides), cfg, config_path, parent_run_id)
+        spec, seed = entries[name]
+        meta = {"group": spec.name, **({"seed": seed} if seed is not None else {}),
+                **({"steps_from": seeded(spec.steps_from, seed)} if spec.steps_from else {})}
         try:
-            results.append(_one_run(config_path, name, run_dir, run_over, cfg, nproc, resume, tags))
+            if spec.steps_from:
+                run_over, cfg = _steps_to_match(config_path, name, run_over, cfg, meta["steps_from"], results, root)
+            tags = child_tags(name, run_over, list(overrides), cfg, config_path, parent_run_id)
+            results.append(_one_run(config_path, name, run_dir, run_over, cfg, nproc, resume, tags, meta))
         except Exception as e:  # one broken run must not hide the others' results
             log.error("run %s failed: %s", name, e)
             print(f"[experiment] {name}: FAILED: {e}", flush=True)
-            results.append({"run": name, "status": "failed", "run_dir": str(run_dir), "error": str(e)})
+            results.append({"run": name, **meta, "status": "failed", "run_dir": str(run_dir), "error": str(e)})
         save()
     return results

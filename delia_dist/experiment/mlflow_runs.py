@@ -48,6 +48,10 @@ def runs_from_mlflow(experiment: str, tracking_uri: str, run_ids: list[str] | No
                "train_loss_last": m.get("loss"), "wall_s": wall}
         if tags.get("world_size", "").isdigit():
             row["gpu_hours"] = wall * int(tags["world_size"]) / 3600.0
+        if tags.get("seed", "").isdigit():  # a matrix run repeated over seeds (experiment.seeds)
+            row.update(seed=int(tags["seed"]), group=tags.get("group", name))
+        if tags.get("steps_from"):
+            row["steps_from"] = tags["steps_from"]
         if run.info.status != "FINISHED":
             row["status"] = run.info.status
         row.update({k: v for k, v in m.items() if k.startswith(("eval/", "align/", "tokens/", "grad_cos/"))})

@@ -1,5 +1,5 @@
 """The report's plots, what people look at first: loss per data source against training
-tokens, each eval metric against the diverse-data share, special-token distances over steps."""
+tokens, each eval metric against the scale of diverse data, special-token distances over steps."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -102,13 +102,35 @@ def plot_losses(results: list[dict], histories: dict, path: Path) -> Path | None
     return path
 
 
-def plot_metric_vs_share(results: list[dict], path: Path) -> Path | None:
+def diverse_scale(row: dict) -> float | None:
+    """Diverse tokens per downstream token the run trained on (0: no diverse data); None for
+    a row that did not train (base)."""
+    div, down = row.get("tokens/diverse"), row.get("tokens/downstream")
+    if isinstance(div, (int, float)) and isinstance(down, (int, float)) and down > 0:
+        return div / down
+    share = row.get("diverse_share")
+    if isinstance(share, (int, float)) and share < 1:
+        return share / (1 - share)
+    return None
+
+
+def plot_metric_vs_scale(results: list[dict], path: Path) -> Path | None:
+    """Each eval metric against the scale of diverse data (log scale, 0 included); a run
+    repeated over seeds is one point, its mean, with the interval over seeds; a single run
+    shows its per-example bootstrap interval where it has one; base is a dashed line."""
+    from .seeds import seed_rows
+
     keys = [k for k in EVAL_LABELS if any(k in r for r in results)]
     keys += sorted({k for r in results for k in r if k.startswith("eval/") and k not in EVAL_LABELS
                     and not k.startswith("eval/best/") and not k.endswith(("loss", "_lo", "_hi"))})
     keys = [k for k in keys if not k.endswith("format_token_loss")] or keys
     if not keys:
         return None
+    grouped = seed_rows(results)
+    for g in grouped:  # the scale a group trained at: its seeds' mean
+        members = [diverse_scale(r) for r in results if r.get("group") == g["group"] and "seed" in r]
+        g["scale"] = sum(members) / len(members) if members and None not in members else None
+    points = grouped + [dict(r, scale=diverse_scale(r)) for r in results if "seed" not in r]
     plt = _plt()
     ncols = min(3, len(keys))
     nrows = -(-len(keys) // ncols)
@@ -118,23 +140,34 @@ def plot_metric_vs_share(results: list[dict], path: Path) -> Path | None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "osD^vP*X"
     for ax, key in zip(axes.flat, keys):
-        for i, r in enumerate(results):
-            if key in r:
-                ax.scatter(r.get("diverse_share", 0.0), r[key], s=45, label=r["run"],
-                           color=colors[i % len(colors)], marker=markers[i // len(colors) % len(markers)],
-                           edgecolors="black", linewidths=0.4, alpha=0.85)
+        at_x: dict[float, int] = {}
+        for i, r in enumerate(points):
+            if key not in r:
+                continue
+            style = dict(color=colors[i % len(colors)], label=r["run"])
+            if r["scale"] is None:
+                ax.axhline(r[key], linestyle="--", linewidth=1, **style)
+                continue
+            lo, hi = r.get(key + "_seed_lo", r.get(key + "_lo")), r.get(key + "_seed_hi", r.get(key + "_hi"))
+            # runs at the same scale (the controls at 0) side by side, not on top of each other
+            n = at_x[r["scale"]] = at_x.get(r["scale"], -1) + 1
+            x = r["scale"] * 1.08 ** n if r["scale"] else 0.08 * n
+            err = [[r[key] - lo], [hi - r[key]]] if lo is not None and hi is not None else None
+            ax.errorbar(x, r[key], yerr=err, fmt=markers[i // len(colors) % len(markers)], markersize=6,
+                        capsize=3, markeredgecolor="black", markeredgewidth=0.4, **style)
         label = EVAL_LABELS.get(key, key.removeprefix("eval/"))
         ax.set_title(f"{key.removeprefix('eval/')}  ({'lower' if lower_is_better(key) else 'higher'} is better)",
                      fontsize=9)
         ax.set_ylabel(label, fontsize=8)
-        ax.set_xlabel("diverse-data share of training tokens", fontsize=8)
-        ax.set_xlim(-0.05, 1.0)
-        ax.margins(y=0.15)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("diverse tokens per downstream token (0 = none)", fontsize=8)
+        ax.margins(x=0.08, y=0.15)
         ax.grid(alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
                bbox_to_anchor=(0.5, 0.0), title="run", title_fontsize=8)
-    fig.suptitle("final evaluation metrics against the diverse-data share (one point per run)", fontsize=11)
+    fig.suptitle("final evaluation metrics against the scale of diverse data (bars: interval over seeds, "
+                 "else per-example bootstrap)", fontsize=10)
     legend_rows = -(-len(labels) // 5)
     fig.tight_layout(rect=(0, min(0.35, (0.05 + 0.035 * legend_rows) * 3 / (nrows + 2)), 1, 1))
     _save(fig, path, dpi=110)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .. import atomic
 from .mlflow_runs import SUMMARY_TAG, runs_from_mlflow
-from .plots import plot_alignment, plot_losses, plot_metric_vs_share
+from .plots import plot_alignment, plot_losses, plot_metric_vs_scale
+from .seeds import METHOD, seed_table
 from .tables import comparison_table, markdown_table, norm, terminal_width, with_derived
 
 __all__ = ["build_report", "comparison_table", "terminal_width", "write_report"]
@@ -44,12 +45,15 @@ def write_report(results: list[dict], out_dir: str | Path, histories: dict | Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_losses(results, histories, out / "loss_per_source.png"),
-             plot_metric_vs_share(results, out / "eval_vs_diverse_share.png"),
+             plot_metric_vs_scale(results, out / "eval_vs_diverse_scale.png"),
              plot_alignment(results, histories, out / "token_alignment.png")]
     md = ["# DELIA experiment report", "", markdown_table(results, histories), "",
           "Mtok: training tokens (millions) read per source; best_X: best value over the run's "
           "evaluations when it differs from the final one; d(token,keyword)_lN: distance at layer N "
           "(lower = closer); time_s: wall time of the MLflow run; gpu_h: time_s x ranks / 3600.", ""]
+    if any("seed" in r for r in results):
+        md += ["## Mean over seeds", "", seed_table(results, markdown=True), "",
+               f"Each cell: mean [{METHOD}].", ""]
     md += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
     atomic.write_text(out / "report.md", "\n".join(md) + "\n")
     atomic.write_text(out / "results.json", json.dumps(results, indent=1))

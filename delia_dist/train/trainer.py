@@ -203,6 +203,8 @@ class Trainer:
                 plan = agree(batches, stop_requested(), until_all_done=empty is not None)
             if not plan.run:
                 log.info("data exhausted at step %d", state.step)
+                # a log step: a run that ends with its data must still log its token and sample counts
+                self.flush_metrics(log_step=True)
                 break
             if batches is None:
                 batches = [empty() for _ in range(cfg.train.grad_accum)]

@@ -63,6 +63,10 @@ def test_reading_calls_a_difference_only_outside_the_intervals():
     assert "better beyond" in lines[0]
     assert "delia-1x vs baseline: accuracy +0.050; the intervals overlap" in lines[1]
     assert "delia-3x is better beyond" in lines[2]
+    control = {**_result("equal-steps-3x", 0.95, 0.9, 1.0), "steps_from": "delia-3x"}
+    lines = reading([base, baseline, far, control])
+    assert lines[-1] == ("delia-3x vs equal-steps-3x (its equal-steps control, 5 optimizer steps each): "
+                         "accuracy -0.050; the intervals overlap: not shown to be more than extra steps.")
     table = interval_table([base, baseline])
     assert "0.600 [0.500, 0.700]" in table and table.splitlines()[0].startswith("run")
 

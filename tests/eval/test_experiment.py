@@ -16,13 +16,16 @@ def test_plan_applies_run_overrides_then_command_line(repo_root, tmp_path, monke
     cfg_path = str(repo_root / "configs/tiny_cpu.yaml")
     plan = plan_runs(cfg_path, ["train.max_steps=3"], check_paths=False)
     names = [p[0] for p in plan]
-    assert names[0] == "baseline" and len(names) == len(set(names)) >= 4
+    assert "baseline" in names and len(names) == len(set(names)) >= 4
     by = {name: cfg for name, _, _, cfg in plan}
     assert by["baseline"].data.sources[0].weight == 0.0 and by["baseline"].data.sources[1].weight == 1.0
     assert all(cfg.train.max_steps == 3 for cfg in by.values())  # --set wins over the matrix entry
     ablation = next(n for n in names if "no-paraphrase" in n)
-    assert by[ablation].data.sources[1].paraphrases is None and by["baseline"].data.sources[1].paraphrases
-    name, run_dir, over, cfg = plan[1]
+    assert by[ablation].data.sources[1].instructions == "fixed" and by["baseline"].data.sources[1].paraphrases
+    assert by["baseline"].data.sources[1].instructions == "paraphrased"
+    control = next(n for n in names if n.startswith("equal-steps"))  # steps_from: the CLI's count wins
+    assert by[control].train.max_steps == 3 and by[control].data.sources[0].weight == 0.0
+    name, run_dir, over, cfg = next(p for p in plan if p[0] != "baseline")
     assert str(run_dir) == f"runs/tiny/{name}" and cfg.run_dir == str(run_dir)
     assert cfg.tracking.run_name == name and cfg.tracking.uri == plan[0][3].tracking.uri  # one store
     assert "train.max_steps=3" in over
@@ -38,13 +41,13 @@ def test_plan_applies_run_overrides_then_command_line(repo_root, tmp_path, monke
 def test_local_and_slurm_commands(repo_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg_path = str(repo_root / "configs/tiny_cpu.yaml")
-    name, run_dir, over, cfg = plan_runs(cfg_path, check_paths=False)[0]
+    name, run_dir, over, cfg = plan_runs(cfg_path, only=["baseline"], check_paths=False)[0]
     cmd, env = train_command(cfg_path, over, cfg, run_dir, 2)
     assert cmd[:6] == [sys.executable, "-m", "delia_dist.cli", "train", cfg_path, "--nproc"] and cmd[6] == "2"
     assert [cmd[i + 1] for i, c in enumerate(cmd) if c == "--set"] == over
 
     over = over + ["eval.alignment.layers=[0,1]"]  # a comma must survive the hand-over to Slurm
-    _, _, _, cfg = plan_runs(cfg_path, ["experiment.backend=slurm"], check_paths=False)[0]
+    _, _, _, cfg = plan_runs(cfg_path, ["experiment.backend=slurm"], only=["baseline"], check_paths=False)[0]
     cmd, env = train_command(cfg_path, over, cfg, run_dir, 2)
     assert cmd[0] == "sbatch" and "--wait" in cmd and "--export=ALL" in cmd
     assert cmd[-1] == str(repo_root / "slurm/delia_tiny.sh")

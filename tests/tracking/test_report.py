@@ -60,7 +60,7 @@ def test_report_table_and_plots(store, capsys):
     assert rows["baseline"]["Mtok_diverse"] == "-"  # the baseline never read diverse data
     assert rows["delia"]["d(<sep>,json)_l0"] == "0.250" and "d(<sep>,json)_l2" in header
     assert float(rows["delia"]["gpu_h"]) == pytest.approx(float(rows["delia"]["time_s"]) * 8 / 3600, abs=2e-3)
-    for png in ("loss_per_source.png", "eval_vs_diverse_share.png", "token_alignment.png"):
+    for png in ("loss_per_source.png", "eval_vs_diverse_scale.png", "token_alignment.png"):
         assert (out / png).stat().st_size > 10_000
     md = (out / "report.md").read_text()
     assert "| baseline |" in md and "![token_alignment](token_alignment.png)" in md
