@@ -121,7 +121,7 @@ def test_a_failed_conversion_runs_apart_and_is_reported_to_every_rank(tmp_path):
     """The conversion runs in its own interpreter (DeepSpeed forks workers, which is unsafe
     from a rank holding CUDA and NCCL threads); its failure reaches rank 0 as one error and
     the waiting ranks through the FAILED marker instead of a 24-hour wait."""
-    from delia_dist import checkpoint_elastic as elastic
+    from delia_dist.checkpoint import elastic
     step = tmp_path / "step_4"
     step.mkdir()
     (step / "trainer_state.json").write_text("{}")  # no DeepSpeed shards: the converter fails
