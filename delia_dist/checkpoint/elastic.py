@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,17 +35,7 @@ from .. import atomic, storage
 
 log = logging.getLogger(__name__)
 UNIVERSAL = "universal"
-RANK_FILE = re.compile(r"^rank_(\d+)\.pt$")
 WAIT_ENV = "DELIA_UNIVERSAL_WAIT_S"  # how long non-zero ranks wait for rank 0's conversion
-
-
-def saved_world_size(path: Path, shared: dict) -> int:
-    if "world_size" in shared:
-        return int(shared["world_size"])
-    ranks = sorted(int(m.group(1)) for p in path.iterdir() if (m := RANK_FILE.match(p.name)))
-    if not ranks or ranks != list(range(len(ranks))):
-        raise FileNotFoundError(f"{path}: rank_<r>.pt files are missing or not contiguous: ranks {ranks}")
-    return len(ranks)
 
 
 def ensure_universal(path: Path, rank: int, wait_s: float | None = None) -> Path:

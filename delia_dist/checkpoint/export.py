@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .. import atomic, storage
-from ..config import config_from_dict
+from . import trainer_state
 from .manager import is_complete
 
 log = logging.getLogger(__name__)
@@ -160,15 +160,16 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
     from .zero_reader import ZeroReader
 
     ckpt, out = _resolve(Path(ckpt)), Path(out)
-    shared = json.loads((ckpt / "trainer_state.json").read_text())
-    cfg = config_from_dict(shared["config"])
+    saved = trainer_state.read(ckpt)
+    cfg = saved.config()
     tokenizer = AutoTokenizer.from_pretrained(ckpt / "tokenizer")
     if cfg.model.name_or_path:
         config = AutoConfig.from_pretrained(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     else:
         raw = dict(cfg.model.config)
         config = AutoConfig.for_model(raw.pop("model_type"), **raw)
-    config.vocab_size = shared["new_tokens"]["new_vocab"]
+    new_tokens = saved.part("new_tokens")
+    config.vocab_size = new_tokens["new_vocab"]
     out_dtype = DTYPES.get(dtype if dtype != "auto" else cfg.model.dtype, torch.float32)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     reader = ZeroReader(ckpt, remap_bytes=remap_bytes)
@@ -181,11 +182,11 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
     with storage.writing(what, out, need):
         storage.require_free(what, out, need, note="nothing written")
         out.mkdir(parents=True, exist_ok=True)
-        _write(out, ckpt, shared, reader, tensors, shards, config, tokenizer, out_dtype)
+        _write(out, ckpt, saved, new_tokens, reader, tensors, shards, config, tokenizer, out_dtype)
     return out
 
 
-def _write(out: Path, ckpt: Path, shared: dict, reader, tensors: list[OutTensor], shards: list[list[OutTensor]],
+def _write(out: Path, ckpt: Path, saved: trainer_state.TrainerState, new_tokens: dict, reader, tensors: list[OutTensor], shards: list[list[OutTensor]],
            config, tokenizer, out_dtype: torch.dtype) -> None:
     from transformers import GenerationConfig
 
@@ -208,9 +209,10 @@ def _write(out: Path, ckpt: Path, shared: dict, reader, tensors: list[OutTensor]
     gen.eos_token_id = stop_ids(tokenizer)  # eos and the template's end of turn (<end_of_turn>, <|im_end|>)
     gen.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    run_id = (saved.parts.get("tracker") or {}).get("run_id")
     atomic.write_text(out / "delia_export.json", json.dumps(
-        {"checkpoint": str(ckpt.resolve()), "step": shared["step"], "run_id": (shared.get("tracker") or {}).get("run_id"),
-         "new_tokens": shared["new_tokens"], "bytes": total, "shards": len(shards)}, indent=1))
+        {"checkpoint": str(ckpt.resolve()), "step": saved.step, "run_id": run_id, "new_tokens": new_tokens,
+         "bytes": total, "shards": len(shards)}, indent=1))
     log.info("exported %s -> %s (%d tensors, %.1f MB in %d file(s))", ckpt, out, len(tensors), total / 1e6, len(shards))
 
 

@@ -2,9 +2,10 @@
 
 One code path from 2 CPU ranks over gloo to 64 H100s: the launcher hands in a DistEnv,
 everything distributed goes through delia_dist.distributed, and every stateful piece
-(model + optimizer in DeepSpeed, schedule, data stream, RNG, tracker) is saved together.
-`Trainer` builds the run and takes the decisions around a step (log, evaluate, checkpoint,
-stop); train_step.py runs one step; train_state.py holds the counters and metrics window.
+(model + optimizer in DeepSpeed, schedule, data stream, RNG, tracker) is declared once to
+the checkpoint manager, which saves and restores them together. `Trainer` builds the run
+and takes the decisions around a step (log, evaluate, checkpoint, stop); step.py runs one
+step; state.py holds the counters and metrics window; metrics.py measures the rest.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from typing import Callable, Optional
 import torch
 
 from .. import atomic, distributed, storage
-from ..checkpoint import elastic, io_bound, room
-from ..checkpoint.manager import CheckpointManager, rng_state, set_rng_state
-from ..config import Config, config_from_dict, to_dict
+from ..checkpoint import elastic, io_bound, room, trainer_state
+from ..checkpoint.manager import CheckpointManager
+from ..checkpoint.parts import RNG, Parts
+from ..config import Config, to_dict
 from . import profile as step_profile
+from .metrics import MetricsLog, alignment, local_param_fraction, log_metrics, peak_rss_mb
 from .state import MetricsWindow, TrainState
 from .step import agree, next_micro_batches, train_step
 
@@ -70,21 +73,6 @@ def _param_groups(module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class MetricsLog:
-    """Rank 0's per-step metrics as JSONL in the run dir: the record tests and tools read,
-    independent of any tracking server."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with storage.writing("the metrics log", self.path.parent), open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 def run_training(cfg: Config, env, stop_requested: Callable[[], bool] = lambda: False,
                  timeout_s: float = 600.0,
                  rendezvous_timeout_s: Optional[float] = None) -> TrainResult:
@@ -119,11 +107,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.run_dir = Path(cfg.run_dir)
         self.ckpt = CheckpointManager(cfg.checkpoint_dir, cfg.checkpoint.keep_last)
-        resume_from = self.ckpt.resolve(cfg.checkpoint.resume)
-        if resume_from is not None:
-            saved = json.loads((resume_from / "trainer_state.json").read_text())
-            elastic.check_resume_compatible(cfg, config_from_dict(saved["config"]))
-            cfg = _resume_config(cfg, config_from_dict(saved["config"]))
+        self.resumed_from = self.ckpt.resolve(cfg.checkpoint.resume)
+        if self.resumed_from is not None:
+            cfg = _resume_config(cfg, trainer_state.read(self.resumed_from).config())
         self.cfg = cfg
 
         ds_config = ds_config_for(cfg, world)
@@ -150,21 +136,25 @@ class Trainer:
                                          micro_batch_size=cfg.train.micro_batch_size)
         self.tracker = Tracker(cfg.tracking, self.run_dir, enabled=env.is_main)
         self.state = TrainState()
-        self.resumed_from = resume_from
-        if resume_from is not None:
-            rank_state, shared = CheckpointManager.load(self.engine, resume_from)
-            set_rng_state(rank_state["rng"])
-            self.stream.load_state_dict(rank_state["stream"])
-            self.schedule.load_state_dict(shared["schedule"])
-            counters = dict(shared["counters"])
-            self.total_steps = elastic.steps_after_resume(cfg, world, counters, self.schedule, self.total_steps,
-                                                          shared.get("world_size"))
-            self.state.load_state_dict(counters)
-            self.tracker.load_state_dict(shared.get("tracker") or {})
-            log.info("resumed from %s at step %d", resume_from, self.state.step)
+        self.ckpt.compose(self.engine, self.tokenizer, Parts(
+            per_rank={"rng": RNG(), "stream": self.stream},
+            shared={"schedule": self.schedule, "counters": self.state, "tracker": self.tracker},
+            records={"config": lambda: to_dict(self.cfg), "new_tokens": lambda: self.token_report}))
+        if self.resumed_from is not None:
+            self.resume()
         self.stream.fill_buffers()  # before step 1 on every rank, not at a source's first draw
         self.window = MetricsWindow(self.stream.source_names, cfg.tracking.log_every)
         self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
+
+    def resume(self) -> None:
+        saved = self.ckpt.restore(self.resumed_from)
+        # Under a token budget the steps left depend on this world size; counters saved
+        # before budget_tokens existed get it from their step count there.
+        counters = saved.part("counters")
+        self.total_steps = elastic.steps_after_resume(self.cfg, self.env.world_size, counters, self.schedule,
+                                                      self.total_steps, saved.world_size)
+        self.state.budget_tokens = counters["budget_tokens"]
+        log.info("resumed from %s at step %d", self.resumed_from, self.state.step)
 
     def fit(self, stop_requested: Callable[[], bool]) -> TrainResult:
         cfg, env, state = self.cfg, self.env, self.state
@@ -182,9 +172,9 @@ class Trainer:
             self.tracker.log_datasets(source_datasets(cfg.data.sources))
         if self.resumed_from is None:
             start = {"step": 0, "vocab/new_rows": self.token_report["new_vocab"] - self.token_report["old_vocab"],
-                     "params/max_rank_fraction": distributed.max_over_ranks(_local_param_fraction(self.wrapper))}
+                     "params/max_rank_fraction": distributed.max_over_ranks(local_param_fraction(self.wrapper))}
             if cfg.eval.alignment.keywords:  # step 0: the new tokens as initialised, before any update
-                start.update(_alignment(self.engine, self.tokenizer, cfg))
+                start.update(alignment(self.engine, self.tokenizer, cfg))
             self.metrics_log.write(start)
             self.tracker.log_metrics(start, step=0)
         status, last_ckpt = "completed", None
@@ -232,7 +222,7 @@ class Trainer:
         """Evaluation and logging decisions; collective, so every rank takes the same ones."""
         cfg = self.cfg
         if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and cfg.eval.alignment.keywords:
-            align = _alignment(self.engine, self.tokenizer, cfg)
+            align = alignment(self.engine, self.tokenizer, cfg)
             self.window.attach(align)
             self.tracker.log_metrics({k: v for k, v in align.items() if k.startswith("align")}, step=step)
         if step % cfg.tracking.log_every == 0 or step == self.total_steps or self.window.full:
@@ -245,7 +235,7 @@ class Trainer:
         if log_step and records:
             record = records[-1]
             now = time.perf_counter()
-            record.update(_log_metrics(self.window.since_log(), self.stream, now - self.t_log))
+            record.update(log_metrics(self.window.since_log(), self.stream, now - self.t_log))
             self.t_log = now
             grad_norm = self.engine.get_global_grad_norm()
             if grad_norm is not None:
@@ -259,12 +249,8 @@ class Trainer:
 
     def save(self, step: int) -> Path:
         self.flush_metrics()
-        shared = {"step": step, "schedule": self.schedule.state_dict(), "counters": self.state.state_dict(),
-                  "tracker": self.tracker.state_dict(), "config": to_dict(self.cfg), "new_tokens": self.token_report}
-        shared = distributed.broadcast_object(shared)  # rank 0's tracker run id for everyone
         with room.for_checkpoint(self.ckpt, step, self.cfg, self.env.world_size):  # checked before, named if it fails
-            path = self.ckpt.save(self.engine, step, {"rng": rng_state(), "stream": self.stream.state_dict()},
-                                  shared, self.tokenizer)
+            path = self.ckpt.save_step(step)
         if self.env.is_main:
             self.tracker.log_metrics({"checkpoint/step": step}, step=step)
             self.tracker.set_tags({"last_checkpoint": str(path)})
@@ -276,7 +262,7 @@ class Trainer:
         state = self.state
         summary = {"status": status, "step": state.step, "train_wall_s": state.wall_s,
                    "steps_per_s": state.step / max(state.wall_s, 1e-9), "tokens": state.tokens,
-                   "peak_rss_mb_max_rank": distributed.max_over_ranks(_peak_rss_mb())}
+                   "peak_rss_mb_max_rank": distributed.max_over_ranks(peak_rss_mb())}
         self.tracker.log_metrics({"memory/peak_rss_mb_max_rank": summary["peak_rss_mb_max_rank"]}, step=state.step)
         if self.env.is_main:
             with storage.writing("the run summary", self.run_dir):
@@ -287,65 +273,12 @@ class Trainer:
                            run_id=run_id)
 
 
-def _peak_rss_mb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def _alignment(engine, tokenizer, cfg) -> dict:
-    """New-token vs keyword distances on the live model. Every rank runs it: under ZeRO-3
-    the forward gathers partitioned weights collectively."""
-    from ..eval.alignment import alignment_metrics
-    was_training = engine.module.training
-    engine.module.eval()
-    try:
-        return alignment_metrics(engine.module.model, tokenizer, cfg.eval.alignment.keywords,
-                                 cfg.eval.alignment.layers)
-    finally:
-        engine.module.train(was_training)
-
-
-def _local_param_fraction(module) -> float:
-    """Share of all parameter elements this rank stores (1/world under ZeRO-3, 1.0 unsharded)."""
-    local = full = 0
-    for p in module.parameters():
-        if hasattr(p, "ds_tensor"):
-            local += p.ds_tensor.numel()
-            full += p.ds_numel
-        else:
-            local += p.numel()
-            full += p.numel()
-    return local / max(full, 1)
-
-
-def _log_metrics(since: dict, stream, seconds: float) -> dict:
-    """Throughput, token shares and data counters since the last log line (all ranks:
-    the data counters are summed over ranks here)."""
-    names = stream.source_names
-    out = {"tokens_per_s": since["tokens"] / max(seconds, 1e-9),
-           "packing_efficiency": since["tokens"] / max(since["slots"], 1)}
-    stats = stream.stats()
-    totals = distributed.sum_host([v for s in names for v in (stats[s]["tokens"], stats[s]["samples"])])
-    all_tokens = sum(totals[0::2]) or 1.0
-    for i, name in enumerate(names):
-        out[f"tokens/{name}"] = totals[2 * i]
-        out[f"samples/{name}"] = totals[2 * i + 1]
-        out[f"share/{name}"] = totals[2 * i] / all_tokens
-        out[f"loss_tokens/{name}"] = float(since["loss_tokens"][i])
-    # Ranks may have met different skip reasons: agree on their union before summing.
-    local = {r for s in names for r in stats[s]["skipped"]}
-    reasons = sorted(set().union(*distributed.all_gather_object(local)))
-    if reasons:
-        skipped = distributed.sum_host([sum(stats[s]["skipped"].get(r, 0) for s in names) for r in reasons])
-        for r, v in zip(reasons, skipped):
-            out[f"skipped/{r}"] = v
-    return out
-
-
 def _resume_config(cfg: Config, saved: Config) -> Config:
     """Resuming keeps what defines the run (model, data, schedule) from the checkpoint, and
     takes run-control settings (step limit, checkpointing, tracking) from the new config."""
-    changed = [k for k in ("model", "data", "loss", "deepspeed") if to_dict(getattr(cfg, k)) != to_dict(getattr(saved, k))]
+    elastic.check_resume_compatible(cfg, saved)
+    changed = [k for k in ("model", "data", "loss", "deepspeed")
+               if to_dict(getattr(cfg, k)) != to_dict(getattr(saved, k))]
     if changed:
         log.warning("resuming with the checkpoint's %s settings; the given config differs there "
                     "(start a new run_dir to use the new settings)", ", ".join(changed))
