@@ -1,9 +1,9 @@
-"""YAML -> typed dataclasses, with errors that point at the file, line and key.
+"""Config values -> typed dataclasses, with errors that point at the file, line and key.
 
-We compose the YAML node tree (not just safe_load) so every value keeps its line
-number; a typo in a 300-line config is then reported where it is, with a
-did-you-mean, instead of as a TypeError deep inside the trainer.
-"""
+yaml_lines.py reads the files (every key with its line, includes merged); here --set
+overrides are applied, every value is checked against its dataclass field's type with a
+did-you-mean for unknown keys, each section validates itself, and paths can be checked
+before any GPU time is spent."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,99 +13,18 @@ import os
 import re
 import types
 import typing
-from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
 from ..urls import is_url
 from .errors import ConfigError, ConfigValueError
+from .yaml_lines import Lines, read_yaml
 
 _MISSING = dataclasses.MISSING
 
 
-class _Lines(dict):
-    """Maps a dotted key path to (source, line)."""
-
-
-def _to_python(node: yaml.Node, path: str, source: str, lines: _Lines) -> Any:
-    lines.setdefault(path, (source, node.start_mark.line + 1))  # a key's own line wins
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(key_node)))
-            sub = f"{path}.{key}" if path else key
-            if key in out:
-                raise ConfigError("duplicate key", source=source, key=sub,
-                                  line=key_node.start_mark.line + 1)
-            lines[sub] = (source, key_node.start_mark.line + 1)
-            out[key] = _to_python(value_node, sub, source, lines)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, f"{path}.{i}", source, lines) for i, v in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
-
-
-def read_yaml(path: str | os.PathLike, _chain: tuple[str, ...] = ()) -> tuple[dict, _Lines]:
-    """The file's values on top of those of the files its top-level `include:` lists."""
-    data, lines = _read_one(path)
-    if "include" not in data:
-        return data, lines
-    source, includes = str(path), data.pop("include")
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise ConfigError("expected a list of YAML file paths", source=source, key="include",
-                          line=lines["include"][1])
-    merged, merged_lines = {}, _Lines()
-    here = Path(path).resolve()
-    for i, rel in enumerate(includes):
-        target = (here.parent / os.path.expandvars(rel)).resolve()
-        at = lines.get(f"include.{i}", lines["include"])
-        if not target.is_file():
-            raise ConfigError(f"included file not found: {target}", source=source, key=f"include.{i}", line=at[1])
-        if str(target) in (*_chain, str(here)):
-            raise ConfigError(f"include cycle through {target}", source=source, key=f"include.{i}", line=at[1])
-        sub, sub_lines = read_yaml(target, (*_chain, str(here)))
-        _merge(merged, sub, merged_lines, sub_lines)
-    _merge(merged, data, merged_lines, _Lines({k: v for k, v in lines.items() if not k.startswith("include")}))
-    return merged, merged_lines
-
-
-def _merge(into: dict, top: dict, into_lines: _Lines, top_lines: _Lines, path: str = "") -> None:
-    """Deep-merge mapping `top` over `into` (a list or scalar in `top` replaces the whole
-    value), keeping each value's (file, line) for error messages."""
-    for key, value in top.items():
-        sub = f"{path}.{key}" if path else key
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            into_lines[sub] = top_lines.get(sub, into_lines.get(sub))
-            _merge(into[key], value, into_lines, top_lines, sub)
-            continue
-        into[key] = value
-        for k in [k for k in into_lines if k == sub or k.startswith(sub + ".")]:
-            del into_lines[k]
-        into_lines.update({k: v for k, v in top_lines.items() if k == sub or k.startswith(sub + ".")})
-
-
-def _read_one(path: str | os.PathLike) -> tuple[dict, _Lines]:
-    source = str(path)
-    if not Path(path).is_file():
-        raise ConfigError("config file not found", source=source)
-    text = Path(path).read_text()
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {getattr(e, 'problem', e)}", source=source,
-                          line=mark.line + 1 if mark else None) from None
-    lines = _Lines()
-    data = {} if root is None else _to_python(root, "", source, lines)
-    if not isinstance(data, dict):
-        raise ConfigError("top level must be a mapping of sections", source=source)
-    return data, lines
-
-
-def _set_override(data: dict, expr: str, lines: _Lines) -> None:
+def _set_override(data: dict, expr: str, lines: Lines) -> None:
     if "=" not in expr:
         raise ConfigError(f"override {expr!r} must look like key.path=value", source="--set")
     dotted, raw = expr.split("=", 1)
@@ -166,7 +85,7 @@ def _type_name(tp: Any) -> str:
 
 
 class _Builder:
-    def __init__(self, lines: _Lines, default_source: str, *, lenient: bool = False):
+    def __init__(self, lines: Lines, default_source: str, *, lenient: bool = False):
         # lenient: a config saved by an older version (in a checkpoint) may hold keys that
         # were renamed or removed since; they are carried over or dropped, not refused.
         self.lines, self.default_source, self.lenient = lines, default_source, lenient
@@ -318,7 +237,7 @@ def _walk_validate(obj: Any, path: str, builder: _Builder) -> None:
 
 def check_paths(obj: Any, path: str = "", builder: _Builder | None = None) -> None:
     """Fail early on local paths that must exist (fields with metadata path='exists')."""
-    builder = builder or _Builder(_Lines(), "<config>")
+    builder = builder or _Builder(Lines(), "<config>")
     for node, at in _dataclasses(obj, path):
         for f in dataclasses.fields(node):
             kind = f.metadata.get("path")
@@ -359,7 +278,7 @@ def looks_local(value: str) -> bool:
 
 def load(cls: type, path: str | os.PathLike | None = None, overrides: list[str] = (),
          *, paths: bool = False) -> Any:
-    data, lines = read_yaml(path) if path is not None else ({}, _Lines())
+    data, lines = read_yaml(path) if path is not None else ({}, Lines())
     for expr in overrides:
         _set_override(data, expr, lines)
     builder = _Builder(lines, str(path) if path else "<defaults>")
@@ -382,7 +301,7 @@ def to_dict(obj: Any) -> Any:
 
 def from_dict(cls: type, data: dict) -> Any:
     """Rebuild a config from to_dict() output (e.g. from a checkpoint), validated."""
-    builder = _Builder(_Lines(), "<dict>", lenient=True)
+    builder = _Builder(Lines(), "<dict>", lenient=True)
     obj = builder.build_dataclass(cls, data, "")
     _walk_validate(obj, "", builder)
     return obj
