@@ -121,8 +121,8 @@ def main():
         write(tmp / "shards", tok, lens, rng)
         write_s = time.perf_counter() - t
         size = sum(p.stat().st_size for p in (tmp / "shards").glob("*.tar"))
-        tokens, rows, wall, cpu, stream, (state_bytes, resume_s, resume_cpu) = run_stream(tmp / "shards" / "manifest.json", tok, args.seq_len,
-                                                     args.batch, args.shuffle_buffer, args.pack_buffer)
+        tokens, rows, wall, cpu, stream, (state_bytes, resume_s, resume_cpu) = run_stream(
+            tmp / "shards" / "manifest.json", tok, args.seq_len, args.batch, args.shuffle_buffer, args.pack_buffer)
     assert tokens == int(lens.sum()), (tokens, int(lens.sum()))
     print(f"machine: {cpu_model()}; date {time.strftime('%Y-%m-%d')}")
     print(f"data: {len(lens)} samples, {tokens} tokens, lognormal(median {args.median}, sigma {args.sigma}) "

@@ -43,13 +43,15 @@ def main() -> None:
         prepare_workspace(ws / "runs/tiny", n_train=200, n_eval=4, n_diverse=3000)
         rows = {impl: run(ws, impl, args.steps, f"loss.impl={impl}", f"data.seq_len={args.seq_len}")
                 for impl in ("chunked", "naive")}
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} cores; tiny Llama (hidden 128, 2 layers), 2 ranks ZeRO-3 fp32, "
           f"micro-batch 4 x seq {args.seq_len}, {args.steps} steps")
     print("| loss impl | steps/s | tokens/s (both ranks) | peak RSS per rank (MiB) |")
     print("|---|---|---|---|")
     for impl, r in rows.items():
-        print(f"| {impl} | {r['steps_per_s']:.2f} | {r['tokens'] / r['train_wall_s']:.0f} | {r['peak_rss_mb_max_rank']:.0f} |")
+        print(f"| {impl} | {r['steps_per_s']:.2f} | {r['tokens'] / r['train_wall_s']:.0f} | "
+              f"{r['peak_rss_mb_max_rank']:.0f} |")
     c, n = rows["chunked"], rows["naive"]
     print(f"ratio chunked/naive: steps/s {c['steps_per_s'] / n['steps_per_s']:.2f}x, "
           f"peak RSS {c['peak_rss_mb_max_rank'] / n['peak_rss_mb_max_rank']:.2f}x")

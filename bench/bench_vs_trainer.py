@@ -182,7 +182,8 @@ def run_hf_trainer(cfg, env, warmup: int) -> dict:
         adam_beta1=t.betas[0], adam_beta2=t.betas[1], adam_epsilon=t.eps, max_grad_norm=t.grad_clip,
         lr_scheduler_type="cosine" if t.schedule == "cosine" else "constant_with_warmup",
         warmup_steps=t.warmup_steps, logging_steps=cfg.tracking.log_every, save_strategy="no", report_to="none",
-        deepspeed=ds_config, accelerator_config={"use_configured_state": True}, remove_unused_columns=False, dataloader_pin_memory=False, disable_tqdm=True,
+        deepspeed=ds_config, accelerator_config={"use_configured_state": True}, remove_unused_columns=False,
+        dataloader_pin_memory=False, disable_tqdm=True,
         seed=t.seed, bf16=t.precision == "bf16", fp16=t.precision == "fp16")
     trainer = Profiled(model=model, args=targs, train_dataset=Data(), data_collator=collate, callbacks=[Clock()])
     prof.install_comm_timers()

@@ -47,8 +47,8 @@ def deepspeed_ops(cfg) -> Finding:
         import deepspeed
         from deepspeed.git_version_info import installed_ops
     except Exception as e:  # noqa: BLE001 (any import failure is the finding)
-        return Finding("deepspeed", False, f"import deepspeed failed ({type(e).__name__}: {_one_line(e)}); reinstall with "
-                                           "scripts/install.sh")
+        return Finding("deepspeed", False, f"import deepspeed failed ({type(e).__name__}: {_one_line(e)}); "
+                                           "reinstall with scripts/install.sh")
     ds = cfg.deepspeed
     if ds.torch_adam:
         kind = "fused" if ds.adam_fused else "foreach"

@@ -307,7 +307,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"expected hidden [N, D] and weight [V, D], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+        raise ValueError(f"expected hidden [N, D] and weight [V, D], got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden and weight must share a dtype (the head's matmul runs in it), got "
                          f"{hidden.dtype} and {weight.dtype}")

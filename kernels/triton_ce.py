@@ -4,8 +4,8 @@ One program per row of a C x V logits chunk (fp32, bf16 or fp16; arithmetic in f
 Pass 1 streams the row in blocks and keeps a running max and a rescaled sum of
 exponentials (online log-sum-exp), so a row of any V is read once without holding it.
 Pass 2 reads the row again and overwrites it with the gradient, so the chunk's logits
-buffer doubles as its gradient buffer: no second C x V allocation. Ignored rows skip both reads and only write zeros (prompt tokens are
-often most of a DELIA batch).
+buffer doubles as its gradient buffer: no second C x V allocation. Ignored rows skip
+both reads and only write zeros (prompt tokens are often most of a DELIA batch).
 
 Runs compiled on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before
 this module is imported (triton.jit reads it when the kernel is defined; slow; for tests).

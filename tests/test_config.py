@@ -71,7 +71,8 @@ def test_wrong_type(tmp_path):
         load_config(write(tmp_path, BASE + "train:\n  micro_batch_size: four\n"))
     with pytest.raises(ConfigError, match=r"train.lr: expected a number, got 'fast'"):
         load_config(write(tmp_path, BASE), ["train.lr=fast"])
-    with pytest.raises(ConfigError, match=r"train.precision: expected one of .*'bf16'.* got 'bf61' \(did you mean 'bf16'\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"train.precision: expected one of .*'bf16'.* got 'bf61' \(did you mean 'bf16'\?\)"):
         load_config(write(tmp_path, BASE), ["train.precision=bf61"])
 
 

@@ -44,5 +44,6 @@ def test_tiny_delia_experiment_end_to_end(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert {"eval/translation/bleu", "eval/format/accuracy", "loss/downstream", "align/_sep_/json/l0"} <= r.data.metrics.keys()
+        assert {"eval/translation/bleu", "eval/format/accuracy", "loss/downstream",
+                "align/_sep_/json/l0"} <= r.data.metrics.keys()
         assert r.data.params["data.sources.downstream.weight"] in ("1.0", "0.5")

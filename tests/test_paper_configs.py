@@ -119,4 +119,5 @@ def test_tiny_stand_in_runs_the_paper_matrix_end_to_end(ws):
     params = {r.info.run_name: r.data.params for e in client.search_experiments()
               for r in client.search_runs([e.experiment_id])}
     assert params["delia-4x"]["mix.diverse_per_downstream"] == "4.0" and params["baseline"]["mix.unit"] == "samples"
-    assert float(params["delia-4x"]["mix.diverse.token_share"]) > 0.5 and int(params["delia-4x"]["mix.expected_steps"]) > 0
+    assert float(params["delia-4x"]["mix.diverse.token_share"]) > 0.5 \
+        and int(params["delia-4x"]["mix.expected_steps"]) > 0

@@ -60,7 +60,8 @@ def plan_tensors(reader, lora_cfg, tied: bool) -> list[OutTensor]:
     by_hf = {v: k for k, v in stripped.items()}
     out = []
     for src, name in stripped.items():
-        if any(f"{part}.{ADAPTER}" in name for part in (".lora_A", ".lora_B", ".lora_embedding_A", ".lora_embedding_B")) \
+        if any(f"{part}.{ADAPTER}" in name
+               for part in (".lora_A", ".lora_B", ".lora_embedding_A", ".lora_embedding_B")) \
                 or ".original_module." in name:
             continue  # merged below / PEFT's frozen copy of a module trained in full
         if "lora_" in name:
@@ -73,7 +74,8 @@ def plan_tensors(reader, lora_cfg, tied: bool) -> list[OutTensor]:
                 a, b = by_hf.get(f"{prefix}.lora_A.{ADAPTER}.weight"), by_hf.get(f"{prefix}.lora_B.{ADAPTER}.weight")
                 transposed = False
                 if a is None and b is None:  # an embedding's adapter: delta = (B @ A).T, [vocab, hidden]
-                    a, b = by_hf.get(f"{prefix}.lora_embedding_A.{ADAPTER}"), by_hf.get(f"{prefix}.lora_embedding_B.{ADAPTER}")
+                    a, b = (by_hf.get(f"{prefix}.lora_embedding_A.{ADAPTER}"),
+                            by_hf.get(f"{prefix}.lora_embedding_B.{ADAPTER}"))
                     transposed = True
                 if a is None or b is None:
                     raise ValueError(f"checkpoint parameter {src}: LoRA adapter weights missing")
@@ -186,8 +188,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "auto",
     return out
 
 
-def _write(out: Path, ckpt: Path, saved: trainer_state.TrainerState, new_tokens: dict, reader, tensors: list[OutTensor], shards: list[list[OutTensor]],
-           config, tokenizer, out_dtype: torch.dtype) -> None:
+def _write(out: Path, ckpt: Path, saved: trainer_state.TrainerState, new_tokens: dict, reader, tensors: list[OutTensor],
+           shards: list[list[OutTensor]], config, tokenizer, out_dtype: torch.dtype) -> None:
     from transformers import GenerationConfig
 
     weight_map, total = {}, 0

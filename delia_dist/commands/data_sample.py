@@ -10,7 +10,8 @@ count default to the array's); finished parts are skipped on rerun."""
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="HF model directory (e.g. from `delia ckpt export`)")
-    p.add_argument("--input", required=True, help="queries: JSONL {query, reference?} or chat records, or an HF dataset dir")
+    p.add_argument("--input", required=True,
+                   help="queries: JSONL {query, reference?} or chat records, or an HF dataset dir")
     p.add_argument("--out", required=True, help="output directory (part-NNNNN/ subdirectories)")
     p.add_argument("--config", default=None, help="YAML config (generate.sample section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

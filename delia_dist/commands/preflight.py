@@ -56,5 +56,6 @@ def run(args) -> int:
     failed = [f for f in findings if not f.ok]
     strict = args.strict or os.environ.get("DELIA_PREFLIGHT", "").lower() == "strict"
     print(f"[preflight] {len(failed)} of {len(findings)} checks failed"
-          + (" (strict: stopping)" if failed and strict else "" if not failed else " (DELIA_PREFLIGHT=strict stops here)"))
+          + (" (strict: stopping)" if failed and strict
+             else "" if not failed else " (DELIA_PREFLIGHT=strict stops here)"))
     return 1 if failed and strict else 0

@@ -63,7 +63,8 @@ def train_run(config_path: str, overrides: list[str], cfg: Config, run_dir: Path
     code = _run_cmd(cmd, env, log_path)
     if code != 0:
         tail = log_path.read_text().splitlines()[-25:]
-        raise RuntimeError(f"training {run_dir.name} failed (exit {code}); last lines of {log_path}:\n" + "\n".join(tail))
+        raise RuntimeError(f"training {run_dir.name} failed (exit {code}); last lines of {log_path}:\n"
+                           + "\n".join(tail))
 
 
 def _last_metrics(run_dir: Path) -> dict:
@@ -177,7 +178,8 @@ def _one_run(config_path: str, name: str, run_dir: Path, run_over: list[str], cf
         scores = evaluate(hf_dir, cfg, tracker=tracker, step=info["step"])
     last = _last_metrics(run_dir)
     print(f"[experiment] {name}: done in {time.time() - t0:.0f} s", flush=True)
-    return {"run": name, **meta, "status": "ok", "run_id": info["run_id"], "run_dir": str(run_dir), "steps": info["step"],
+    return {"run": name, **meta, "status": "ok", "run_id": info["run_id"], "run_dir": str(run_dir),
+            "steps": info["step"],
             "diverse_share": last.get("share/diverse", 0.0),
             "train_loss_first": last["first_loss"], "train_loss_last": last["loss"],
             **{k: v for k, v in last.items() if k.startswith(("tokens/", "samples/"))},

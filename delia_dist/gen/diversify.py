@@ -34,7 +34,8 @@ SYSTEM = ("You rewrite task instructions for instruction tuning. Keep the meanin
 
 def user_prompt(instruction: str, n: int) -> str:
     keep = ", ".join(sorted(markers(instruction))) or "none"
-    return f"Write {n} different paraphrases of this instruction.\nMust keep exactly: {keep}\n\nInstruction:\n{instruction}"
+    return (f"Write {n} different paraphrases of this instruction.\nMust keep exactly: {keep}\n\n"
+            f"Instruction:\n{instruction}")
 
 
 @dataclass
@@ -81,7 +82,8 @@ class Diversifier:
             if not key:
                 local = self.cfg.base_url and any(h in self.cfg.base_url for h in ("127.0.0.1", "localhost", "[::1]"))
                 if not local:
-                    raise UserError(f"set the API key in ${self.cfg.api_key_env} (it is read from the environment only)")
+                    raise UserError(f"set the API key in ${self.cfg.api_key_env} "
+                                    "(it is read from the environment only)")
                 key = "EMPTY"  # local OpenAI-compatible servers accept any key
             counted = DefaultHttpxClient(event_hooks={"request": [lambda _request: self.stats.add(requests=1)]})
             self._client = OpenAI(api_key=key, base_url=self.cfg.base_url, timeout=self.cfg.timeout_s,

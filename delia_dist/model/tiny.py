@@ -57,7 +57,8 @@ def train_tokenizer(out_dir: str | Path, texts: Iterable[str] | None = None, voc
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     gemma = style == "gemma"
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=GEMMA_SPECIAL_TOKENS if gemma else SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=GEMMA_SPECIAL_TOKENS if gemma else SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(texts) if texts is not None else synthetic_corpus(), trainer=trainer)
     if gemma:

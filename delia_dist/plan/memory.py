@@ -81,9 +81,11 @@ def formulas(arch: Architecture, cfg, mixed: bool, world: int, chunk: Optional[i
     else:
         acts = f"b*s*L*{per_layer} B (every layer's saved tensors; checkpointed: b*s*(L*H*2 + one layer))"
     if chunk:
-        vh = ("V*H*4 (fp32 head-gradient sum; loss.head_grad_dtype: input drops it)" if cfg.loss.head_grad_dtype == "fp32"
+        vh = ("V*H*4 (fp32 head-gradient sum; loss.head_grad_dtype: input drops it)"
+              if cfg.loss.head_grad_dtype == "fp32"
               else "0*V*H (loss.head_grad_dtype: input sums into the bf16 gradient)")
-        logits = (f"fused: 2*chunk*V*{2 if mixed else 4} (logits/gradient buffer + GEMM workspace) + {vh} + b*s*H*2 B, chunk {chunk}, V {v} "
+        logits = (f"fused: 2*chunk*V*{2 if mixed else 4} (logits/gradient buffer + GEMM workspace) + {vh} + "
+                  f"b*s*H*2 B, chunk {chunk}, V {v} "
                   f"(unfused would be b*s*V*10 = {b * s * v * 10 / GB:.1f} GB)")
     else:
         logits = f"unfused: b*s*V*10 B (bf16 logits + fp32 softmax + fp32 grad), V {v}"

@@ -70,7 +70,8 @@ def test_buffering_diagnostic_on_batches_from_training_shards(tmp_path, tiny_tok
                      kind="downstream")], seq_len=128, shuffle_buffer=8, pack_buffer=8)
     div, down = source_batch(data, tiny_tokenizer, "diverse", 2), source_batch(data, tiny_tokenizer, "downstream", 2)
     assert div["input_ids"].shape == down["input_ids"].shape == (2, 128)
-    assert "Fenish" in tiny_tokenizer.decode(down["input_ids"][0]) and "Fenish" not in tiny_tokenizer.decode(div["input_ids"][0])
+    assert "Fenish" in tiny_tokenizer.decode(down["input_ids"][0]) \
+        and "Fenish" not in tiny_tokenizer.decode(div["input_ids"][0])
     cos = gradient_cosines(tiny_model, div, down)
     assert -1 < cos["grad_cos/diverse_vs_downstream"] < 1 and 0 < cos["grad_cos/downstream_vs_mixed"] < 1
     import pytest

@@ -32,7 +32,8 @@ def _write_checkpoint(path, with_projection=True):
         state |= {p + "encoder.embedding_projection.weight": w(H, E), p + "encoder.embedding_projection.bias": w(H)}
     q = p + "encoder.layer.0."
     for name, (o, i) in {"attention.self.query": (H, H), "attention.self.key": (H, H), "attention.self.value": (H, H),
-                         "attention.output.dense": (H, H), "intermediate.dense": (FF, H), "output.dense": (H, FF)}.items():
+                         "attention.output.dense": (H, H), "intermediate.dense": (FF, H),
+                         "output.dense": (H, FF)}.items():
         state |= {q + name + ".weight": w(o, i), q + name + ".bias": w(o)}
     for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
         state |= {q + ln + ".weight": 1 + w(H), q + ln + ".bias": w(H)}
@@ -68,9 +69,11 @@ def _reference_forward(s, ids, types):
     if p + "encoder.embedding_projection.weight" in s:
         x = lin(x, p + "encoder.embedding_projection")
     d = H // HEADS
-    heads = [lin(x, q + f"attention.self.{n}").view(len(ids), HEADS, d).transpose(0, 1) for n in ("query", "key", "value")]
+    heads = [lin(x, q + f"attention.self.{n}").view(len(ids), HEADS, d).transpose(0, 1)
+             for n in ("query", "key", "value")]
     att = torch.softmax(heads[0] @ heads[1].transpose(1, 2) / math.sqrt(d), -1) @ heads[2]
-    x = ln(lin(att.transpose(0, 1).reshape(len(ids), H), q + "attention.output.dense") + x, q + "attention.output.LayerNorm")
+    x = ln(lin(att.transpose(0, 1).reshape(len(ids), H), q + "attention.output.dense") + x,
+           q + "attention.output.LayerNorm")
     x = ln(lin(F.gelu(lin(x, q + "intermediate.dense")), q + "output.dense") + x, q + "output.LayerNorm")
     return float(lin(torch.tanh(lin(x[0], p + "pooler.dense")), "classifier")[0])
 

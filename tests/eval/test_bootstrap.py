@@ -59,7 +59,8 @@ def test_reading_calls_a_difference_only_outside_the_intervals():
     assert compare(baseline, base) == "above" and compare(close, baseline) == "overlap"
     assert compare(base, baseline) == "below"
     lines = reading([base, baseline, close, far], n_examples=40)
-    assert lines[0].startswith("baseline vs the untrained model (base) on 40 held-out examples: accuracy 0.100 -> 0.600")
+    assert lines[0].startswith("baseline vs the untrained model (base) on 40 held-out examples: "
+                               "accuracy 0.100 -> 0.600")
     assert "better beyond" in lines[0]
     assert "delia-1x vs baseline: accuracy +0.050; the intervals overlap" in lines[1]
     assert "delia-3x is better beyond" in lines[2]

@@ -68,8 +68,8 @@ def test_local_and_slurm_commands(repo_root, tmp_path, monkeypatch):
 
 def _tiny(repo_root, tmp_path, *over):
     from delia_dist.config import load_config
-    return load_config(repo_root / "configs/tiny_cpu.yaml", [f"run_dir={tmp_path / 'm'}", "tracking.system_metrics=false",
-                                                            *over], check_paths=False)
+    return load_config(repo_root / "configs/tiny_cpu.yaml",
+                       [f"run_dir={tmp_path / 'm'}", "tracking.system_metrics=false", *over], check_paths=False)
 
 
 def test_child_tags_name_base_run_seed_and_overrides(repo_root, tmp_path):
@@ -84,7 +84,8 @@ def test_child_tags_name_base_run_seed_and_overrides(repo_root, tmp_path):
     assert plain["mlflow.parentRunId"] == "a" * 32 and plain["delia.kind"] == "run"
     note = plain["mlflow.note.content"]
     assert note.startswith("**delia-1x-s2**: `c.yaml` with\n- `data.sources.diverse.weight=0.5`\n- `train.seed=2`")
-    assert "for every run of the matrix:\n- `train.max_steps=3`" in note and "run_dir" not in note and "x.db" not in note
+    assert "for every run of the matrix:\n- `train.max_steps=3`" in note and "run_dir" not in note \
+        and "x.db" not in note
     # experiment.seeds (engineer "matrix") repeats each run as <name>-s<seed> with train.seed set.
     seeded = SimpleNamespace(experiment=SimpleNamespace(seeds=[0, 1, 2]), train=cfg.train)
     tags = child_tags("delia-1x-s2", over, [], seeded, "c.yaml", None)
@@ -107,7 +108,8 @@ def test_parent_run_is_new_per_invocation_and_reopened_on_resume(repo_root, tmp_
     assert run.info.run_name == "tiny-delia" and run.info.status == "FINISHED"
     assert run.data.tags["delia.kind"] == "matrix" and run.data.params["train.lr"] == "0.003"
     assert f"| {plan[0][0]} | `data.sources.diverse.weight=0.0`" in run.data.tags["mlflow.note.content"]
-    assert client.get_experiment(run.info.experiment_id).artifact_location == (tmp_path / "m/mlartifacts/tiny-delia").as_uri()
+    assert client.get_experiment(run.info.experiment_id).artifact_location == \
+        (tmp_path / "m/mlartifacts/tiny-delia").as_uri()
 
 
 def test_a_failed_run_is_described_and_marked_failed(repo_root, tmp_path):

@@ -87,12 +87,14 @@ def test_load_examples_shapes_and_errors(tmp_path):
 def test_loaders_and_parser_on_the_delia_reference_data():
     path = REFERENCE / "format_train.jsonl"
     train = load_examples(str(path))
-    assert len(train) == sum(1 for l in path.read_text().splitlines() if l.strip()) and all("<sep>" in e.messages[-1]["content"] for e in train)
+    assert len(train) == sum(1 for l in path.read_text().splitlines() if l.strip()) \
+        and all("<sep>" in e.messages[-1]["content"] for e in train)
     assert all(e.label in ("yes", "no") for e in train)  # every reference answer parses
     halu = load_examples(str(REFERENCE / "halu_cot_json_test.jsonl"))
     assert len(halu) == 1506 and sum(e.label == "yes" for e in halu) == 282
     wmt = load_examples(str(REFERENCE / "wmt21_is_en_test.jsonl"))
-    assert len(wmt) == 47 and translation_scores([e.reference for e in wmt], [e.reference for e in wmt])["bleu"] == pytest.approx(100)
+    assert len(wmt) == 47 and translation_scores([e.reference for e in wmt],
+                                                 [e.reference for e in wmt])["bleu"] == pytest.approx(100)
 
 
 def test_empty_and_degenerate_outputs_do_not_crash():

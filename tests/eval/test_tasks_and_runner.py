@@ -101,8 +101,9 @@ class RecordingTracker:
 
 def test_evaluate_an_hf_dir_with_transformers_generation(tmp_path, tiny_tokenizer_dir):
     data = tmp_path / "data"
-    tr = synth.write_jsonl(data / "tr.jsonl", [{"query": "translate: ta kalo seer husa", "response": "the cat sees house"},
-                                                {"query": "translate: husa er stor og ny", "response": "house is big and new"}])
+    tr = synth.write_jsonl(data / "tr.jsonl", [
+        {"query": "translate: ta kalo seer husa", "response": "the cat sees house"},
+        {"query": "translate: husa er stor og ny", "response": "house is big and new"}])
     fmt = synth.write_jsonl(data / "fmt.jsonl", [
         {"instruction": "fact {f} in <sep>", "fields": {"f": "a"}, "response": synth.format_answer("ok", "no")},
         {"instruction": "fact {f} in <sep>", "fields": {"f": "b"}, "response": synth.format_answer("bad", "yes")}])

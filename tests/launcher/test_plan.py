@@ -62,7 +62,8 @@ def test_zero_stage_and_offload_move_the_states():
     n = plan(base, nodes=1, gpus_per_node=8).params
     opt = lambda p: [v for k, v in p.memory_gb.items() if k.startswith("optimizer")][0]  # noqa: E731
     assert opt(plan(cfg("llama3_8b.yaml", "deepspeed.stage=0"), nodes=1, gpus_per_node=8)) == pytest.approx(12 * n / GB)
-    assert opt(plan(cfg("llama3_8b.yaml", "deepspeed.stage=1"), nodes=1, gpus_per_node=8)) == pytest.approx(12 * n / 8 / GB)
+    assert opt(plan(cfg("llama3_8b.yaml", "deepspeed.stage=1"), nodes=1, gpus_per_node=8)) == \
+        pytest.approx(12 * n / 8 / GB)
     off = plan(cfg("llama3_8b.yaml", "deepspeed.offload_optimizer=cpu"), nodes=1, gpus_per_node=8)
     assert opt(off) == 0 and off.host_memory_gb == pytest.approx(12 * n / 8 / GB)
 
@@ -134,7 +135,8 @@ def test_paper_lora_layout_counts_the_embedding_adapter(repo_root):
     vocab_rows = -(-vocab // cfg.model.pad_vocab_to_multiple_of) * cfg.model.pad_vocab_to_multiple_of
     assert p.trainable_params in {layers * qkvo + 16 * (v + hidden) for v in (vocab, vocab_rows, 128256)}
     no_adapter = plan(load_config(repo_root / "configs/paper/llama3_70b_sep_format.yaml",
-                                  ["model.lora.target_modules=[q_proj, k_proj, v_proj, o_proj]"]), nodes=8, gpus_per_node=8)
+                                  ["model.lora.target_modules=[q_proj, k_proj, v_proj, o_proj]"]),
+                      nodes=8, gpus_per_node=8)
     assert p.trainable_params - no_adapter.trainable_params in {16 * (v + hidden) for v in (vocab, vocab_rows, 128256)}
 
 

@@ -62,7 +62,8 @@ def test_preempted_result_exits_75_and_reports(monkeypatch, tmp_path, capsys):
     args = Namespace(config="c.yaml", overrides=["train.lr=1"], timeout=12.0, rendezvous_timeout=900.0)
     assert worker.train(args, DistEnv(), StopFlag()) == worker.EXIT_PREEMPTED == 75
     assert calls == [(("c.yaml", ["train.lr=1"]), DistEnv(), False, 12.0, 900.0)]
-    assert "training preempted at step 7; checkpoint runs/x/checkpoints/step_7; mlflow run abc" in capsys.readouterr().out
+    assert "training preempted at step 7; checkpoint runs/x/checkpoints/step_7; mlflow run abc" in \
+        capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["exit_code"] == 75
 
 

@@ -147,7 +147,8 @@ class SlurmCluster:
                 continue
             # Not srun itself: its command line names the launcher too, and on the batch node
             # it carries SLURM_PROCID=0.
-            if b"launcher" in cmd and not cmd[0].endswith(b"srun") and f"SLURM_JOB_ID={job_id}".encode() in env and f"SLURM_PROCID={procid}".encode() in env:
+            if b"launcher" in cmd and not cmd[0].endswith(b"srun") \
+                    and f"SLURM_JOB_ID={job_id}".encode() in env and f"SLURM_PROCID={procid}".encode() in env:
                 pids.append(pid)
         return pids
 

@@ -31,7 +31,8 @@ def test_redact_values_both_ways(monkeypatch):
     monkeypatch.setenv("MY_SERVICE_PASSWORD", "plain-SECRET-pw7")
     cfg = {"model": {"sep_token": "<sep>", "pad_token": "PAD", "eos_token": "</s>", "hf_token": "abcSECRETdef",
                      "new_tokens": [{"token": "json_start", "init": "mean"}, {"token": "<sep>"}]},
-           "generate": {"api_key": "inline-SECRET", "base_url": "https://u:pSECRET@h/v1", "api_key_env": "OPENAI_API_KEY",
+           "generate": {"api_key": "inline-SECRET", "base_url": "https://u:pSECRET@h/v1",
+                        "api_key_env": "OPENAI_API_KEY",
                         "note": "key sk-SECRETabcdefgh and ghp_SECRET1234567 and hf_SECRET12345 and plain-SECRET-pw7"}}
     out = redact(cfg)
     assert out["model"]["sep_token"] == "<sep>" and out["model"]["pad_token"] == "PAD"
@@ -87,7 +88,8 @@ def test_params_tags_and_artifacts_masked_and_readable(tmp_path, monkeypatch):
     t.start(config, tags={"auth_token": "tagSECRET", "sep_token": "<sep>"})
     t.set_tags({"password": "pwSECRET", "pad_token": "<pad>"})
     (tmp_path / "resolved.yaml").write_text("model:\n  sep_token: <sep>\n  pad_token: '<pad>'\n"
-                                            "  hf_token: hf_SECRETtoken98765\ngenerate:\n  api_key: inline-SECRET-key\n")
+                                            "  hf_token: hf_SECRETtoken98765\n"
+                                            "generate:\n  api_key: inline-SECRET-key\n")
     (tmp_path / "rows.jsonl").write_text(json.dumps({"sep_token": "<sep>", "access_token": "tokSECRET"}) + "\n")
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
     (tmp_path / "plot.png").write_bytes(png)

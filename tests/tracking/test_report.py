@@ -26,7 +26,8 @@ def fabricate(tmp_path, name: str, share: float, bleu: list[float], steps: int =
         t.log_metrics(m, step)
         t.log_metrics({"align/<sep>/json/l0": 1.0 - share * step / steps, "align/<sep>/json/l2": 10 - share}, step)
     for i, b in enumerate(bleu):  # evaluations during training; the last is the final one
-        t.log_metrics({"eval/translation/bleu": b, "eval/format/accuracy": 0.5 + share / 2}, steps * (i + 1) // len(bleu))
+        t.log_metrics({"eval/translation/bleu": b, "eval/format/accuracy": 0.5 + share / 2},
+                      steps * (i + 1) // len(bleu))
     t.close()
     return t.run_id
 

@@ -22,7 +22,8 @@ STOP = 4
 def train(ws: Path, run_dir: Path, nproc: int, *overrides: str) -> str:
     cmd = [sys.executable, "-m", "delia_dist.cli", "train", str(REPO / "configs/tiny_cpu.yaml"),
            "--nproc", str(nproc), "--timeout", "120", "--set", f"run_dir={run_dir}",
-           "--set", f"checkpoint.every_steps={STOP}", "--set", "tracking.log_every=2", "--set", "checkpoint.keep_last=3"]
+           "--set", f"checkpoint.every_steps={STOP}", "--set", "tracking.log_every=2",
+           "--set", "checkpoint.keep_last=3"]
     for o in overrides:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, cwd=ws, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,

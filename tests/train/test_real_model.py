@@ -99,7 +99,8 @@ def test_zero3_lora_with_sep_learns_and_keeps_the_head_tied(trained, smollm2_dir
 def exported(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("real-export") / "hf"
     proc = subprocess.run([sys.executable, "-m", "delia_dist.cli", "ckpt", "export",
-                           str(trained / "checkpoints"), str(out)], capture_output=True, text=True, timeout=900, check=False)
+                           str(trained / "checkpoints"), str(out)],
+                          capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

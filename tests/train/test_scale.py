@@ -60,7 +60,8 @@ def test_late_rank_meets_within_rendezvous_timeout_not_collective_timeout(tmp_pa
     """One rank starts 12 s late, the collective timeout is 3 s. Before the fix the TCPStore
     rendezvous was bounded by the collective timeout: with rank 0 (the store's host) late,
     rank 1 failed with "The client socket has timed out after 3000ms"."""
-    env = {"DELIA_TEST_LATE_RANK": str(late), "DELIA_TEST_LATE": "12", "DELIA_TEST_COLLECTIVE_TIMEOUT": "3", "DELIA_RENDEZVOUS_TIMEOUT": "240"}
+    env = {"DELIA_TEST_LATE_RANK": str(late), "DELIA_TEST_LATE": "12", "DELIA_TEST_COLLECTIVE_TIMEOUT": "3",
+           "DELIA_RENDEZVOUS_TIMEOUT": "240"}
     r0, r1 = run_ranks("rendezvous", 2, tmp_path, env)
     assert r0 == r1 == {"sum": [2.0, 2.0], "any": True}
 

@@ -25,7 +25,8 @@ def train(ws: Path, run: str, *overrides: str, env_extra: dict | None = None, ex
     run_dir = ws / run
     cmd = [sys.executable, "-m", "delia_dist.cli", "train", str(REPO / "configs/tiny_cpu.yaml"), "--nproc", "2",
            "--timeout", "120",
-           "--set", f"run_dir={run_dir}", "--set", "model.config.attention_dropout=0.1", "--set", "checkpoint.every_steps=4",
+           "--set", f"run_dir={run_dir}", "--set", "model.config.attention_dropout=0.1",
+           "--set", "checkpoint.every_steps=4",
            "--set", "tracking.log_every=4", "--set", "checkpoint.keep_last=3"]
     for o in overrides:
         cmd += ["--set", o]
@@ -170,7 +171,8 @@ def test_lora_trains_under_zero3_and_exports_merged(ws, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     from transformers import AutoModelForCausalLM
     merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
-    expected = state[q + "base_layer.weight"] + (16 / 8) * state[q + "lora_B.default.weight"] @ state[q + "lora_A.default.weight"]
+    expected = state[q + "base_layer.weight"] \
+        + (16 / 8) * state[q + "lora_B.default.weight"] @ state[q + "lora_A.default.weight"]
     torch.testing.assert_close(merged["model.layers.0.self_attn.q_proj.weight"], expected, rtol=1e-5, atol=1e-6)
     # new-token rows are trained through the full embedding copy (modules_to_save)
     torch.testing.assert_close(merged["model.embed_tokens.weight"],
@@ -221,7 +223,8 @@ def test_lora_adapter_on_embed_tokens_exports_the_peft_merge(ws, tmp_path, tied)
     mc["vocab_size"] = trainer_state["new_tokens"]["new_vocab"]
     base = AutoModelForCausalLM.from_config(AutoConfig.for_model(mc.pop("model_type"), **mc))
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "embed_tokens"]))
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                 "embed_tokens"]))
     missing, unexpected = peft_model.load_state_dict(state, strict=False)
     assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
     reference = peft_model.merge_and_unload().state_dict()
