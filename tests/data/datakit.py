@@ -3,7 +3,10 @@
 A module of its own (not conftest) so tests can import it by a unique name."""
 from __future__ import annotations
 
+import io
 import random
+
+import torch
 
 from delia_dist.config import DataConfig, SourceConfig
 from delia_dist.data import ShardWriter
@@ -44,3 +47,11 @@ def data_cfg(sources, **kw):
                                                              "pack_buffer": 16, **kw})
     cfg.validate()
     return cfg
+
+
+def roundtrip(sd):
+    """Through torch.save / torch.load(weights_only=True), as a checkpoint would."""
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)

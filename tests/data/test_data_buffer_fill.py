@@ -3,12 +3,11 @@ reads a whole buffer when the mixer first draws from a rare source (at different
 different ranks, which the others would wait for in the step's all-reduce)."""
 from __future__ import annotations
 
-import io
 import logging
 
 import pytest
 import torch
-from datakit import data_cfg
+from datakit import data_cfg, roundtrip
 
 from delia_dist.data import build_train_stream
 
@@ -65,13 +64,6 @@ def test_every_buffer_is_full_before_the_first_step(shard_sets, tiny_tokenizer, 
     most = reads_per_draw(stream, 20)
     assert "task" in most  # the rare source was drawn from in these steps
     assert max(most.values()) <= 1, most  # each draw tops up one sample, no more
-
-
-def roundtrip(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_filled_stream_yields_the_same_batches_and_resumes_exactly(shard_sets, tiny_tokenizer):

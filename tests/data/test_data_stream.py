@@ -1,13 +1,12 @@
 """The training stream: token shares, exact resume, packing boundaries, rank split."""
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from datakit import INSTRUCTION, data_cfg, task_records, write_shards
+from datakit import INSTRUCTION, data_cfg, roundtrip, task_records, write_shards
 
 from delia_dist.data import DataError, build_train_stream
 
@@ -22,14 +21,6 @@ def same(a, b):
         assert x.keys() == y.keys()
         for k in x:
             assert torch.equal(x[k], y[k]), k
-
-
-def roundtrip(sd):
-    """Through torch.save / torch.load(weights_only=True), as a checkpoint would."""
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def test_token_shares_within_tolerance(shard_sets, tiny_tokenizer):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from workspace import tiny_workspace
 
 REPO = Path(__file__).resolve().parents[2]
 STOP = 4
@@ -48,10 +49,7 @@ def merged(step_dir: Path, state: str) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from delia_dist.data.synth import prepare_workspace
-    root = tmp_path_factory.mktemp("elastic")
-    prepare_workspace(root / "runs/tiny", n_train=80, n_eval=8, n_diverse=600)
-    return root
+    return tiny_workspace(tmp_path_factory, "elastic")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from workspace import tiny_workspace
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -49,10 +50,7 @@ def mount(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from delia_dist.data.synth import prepare_workspace
-    root = tmp_path_factory.mktemp("storage")
-    prepare_workspace(root / "runs/tiny", n_train=80, n_eval=8, n_diverse=600)
-    return root
+    return tiny_workspace(tmp_path_factory, "storage")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from workspace import tiny_workspace
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 8
@@ -47,10 +48,7 @@ def fp32_weights(ckpt: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from delia_dist.data.synth import prepare_workspace
-    root = tmp_path_factory.mktemp("zero3")  # the config's relative paths resolve from here
-    prepare_workspace(root / "runs/tiny", n_train=80, n_eval=8, n_diverse=600)
-    return root
+    return tiny_workspace(tmp_path_factory, "zero3")  # the config's relative paths resolve from here
 
 
 @pytest.fixture(scope="module")
