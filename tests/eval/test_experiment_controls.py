@@ -105,8 +105,9 @@ def _shard(records: list[dict], tokenizer_dir: Path, out: Path) -> Path:
 
 
 def test_tiny_matrix_with_seeds_and_controls_end_to_end(tmp_path):
-    """fixed-instruction, a DELIA run that ends when its 2 downstream records are used up,
-    and its equal-steps control, each for seeds 0 and 1."""
+    """A DELIA run that ends when its 2 downstream records are used up and its equal-steps
+    control, each for seeds 0 and 1 (fixed instructions are checked on the stream above: a
+    run of them here would only add two trainings to the suite)."""
     cli = [sys.executable, "-m", "delia_dist.cli"]
     synth = subprocess.run(cli + ["data", "synth", "runs/tiny", "--train", "40", "--eval", "4", "--diverse", "300"],
                            cwd=tmp_path, capture_output=True, text=True)
@@ -119,9 +120,6 @@ def test_tiny_matrix_with_seeds_and_controls_end_to_end(tmp_path):
                        max_new_tokens=8, every_steps=None, grad_cosine=False)
     on_pair = [f"data.sources.downstream.shards={pair}", "train.schedule=constant"]
     cfg["experiment"] = {"nproc": 2, "seeds": [0, 1], "runs": [
-        {"name": "fixed-instruction", "overrides": ["data.sources.diverse.weight=0.0",
-                                                    "data.sources.downstream.weight=1.0", "train.max_steps=2",
-                                                    "data.sources.downstream.instructions=fixed"]},
         {"name": "delia-pair", "overrides": on_pair + ["data.sources.diverse.weight=0.97",
                                                        "data.sources.downstream.weight=0.03",
                                                        "data.sources.downstream.max_epochs=1",
@@ -136,7 +134,7 @@ def test_tiny_matrix_with_seeds_and_controls_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
 
     results = {r["run"]: r for r in json.loads((tmp_path / "runs/tiny/experiment_results.json").read_text())}
-    assert sorted(results) == sorted(f"{n}-s{s}" for n in ("fixed-instruction", "delia-pair", "equal-steps")
+    assert sorted(results) == sorted(f"{n}-s{s}" for n in ("delia-pair", "equal-steps")
                                      for s in (0, 1))
     assert all(r["status"] == "ok" for r in results.values())
     for s in (0, 1):
@@ -145,7 +143,6 @@ def test_tiny_matrix_with_seeds_and_controls_end_to_end(tmp_path):
         assert delia["samples/downstream"] == 2 and delia["samples/diverse"] > 2 * 5  # each record once
         assert control["steps"] == delia["steps"] and control["steps_from"] == f"delia-pair-s{s}"
         assert delia["group"] == "delia-pair" and delia["seed"] == s
-        assert results[f"fixed-instruction-s{s}"]["steps"] == 2
     losses = {results[f"delia-pair-s{s}"]["train_loss_first"] for s in (0, 1)}
     assert len(losses) == 2  # the seed reached the data order / init
 

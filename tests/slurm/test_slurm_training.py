@@ -20,7 +20,7 @@ SCRIPT = str(REPO / "slurm" / "delia_tiny.sh")
 STEPS = 24
 # Each job pays ~30 s of imports and DeepSpeed setup on 2 shared cores before step 1.
 # A hang guard, not a speed check: raise it on a loaded machine (DELIA_SLURM_JOB_TIMEOUT).
-JOB_TIMEOUT = float(os.environ.get("DELIA_SLURM_JOB_TIMEOUT", 300))
+JOB_TIMEOUT = float(os.environ.get("DELIA_SLURM_JOB_TIMEOUT", 900))
 
 
 def submit(slurm, ws: Path, name: str, *overrides: str, sbatch_args=(), env=None) -> str:
