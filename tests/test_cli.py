@@ -56,8 +56,8 @@ def test_errors_that_name_their_cause_are_one_line_unless_debug():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: --set train.lrr=1: train.lrr: unknown key; did you mean 'lr'? (valid keys: betas, eps, grad_accum, "
-        "grad_clip, lr, max_steps, micro_batch_size, min_lr_ratio, precision, schedule, seed, warmup_steps, "
-        "weight_decay)"]
+        "grad_clip, lr, max_steps, micro_batch_size, min_lr_ratio, precision, profile, schedule, seed, "
+        "warmup_steps, weight_decay)"]
     for debug in (_delia("--debug", *bad), _delia(*bad, env={"DELIA_DEBUG": "1"})):
         assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
         assert debug.stderr.rstrip().endswith(proc.stderr.strip())
