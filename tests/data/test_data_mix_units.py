@@ -2,12 +2,11 @@
 downstream-once (every downstream record exactly once, the authors' one epoch)."""
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
 import torch
-from datakit import data_cfg
+from datakit import data_cfg, roundtrip
 
 from delia_dist.data import build_train_stream
 from delia_dist.data.mix_plan import resolve_mix
@@ -24,12 +23,6 @@ def drawn(stream) -> list:
     stream.packer.next_sample = wrapped
     return seen
 
-
-def roundtrip(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 @pytest.mark.parametrize("ratio", [0.5, 3.0, 7.0])
